@@ -1,0 +1,75 @@
+"""Evaluate a checkpoint in closed loop at several step counts (network calls per action chunk).
+
+    python scripts/eval.py --checkpoint runs/X/checkpoints/latest.pt
+    python scripts/eval.py --checkpoint runs/X/checkpoints/latest.pt --steps 1 2 4 8 16 32 64 128 \\
+        --episodes 50 --out docs/results/pusht_lowdim-shortcut.json
+    python scripts/eval.py --checkpoint runs/ddpm/checkpoints/latest.pt --sampler ddim --steps 1 2 4 8 10 16
+
+Writes JSON in the results format (task, method, command, machine, date, steps) and a plot beside it.
+Flow-matching checkpoints are sampled with d fixed at 1/M (their training level); DDPM checkpoints
+take --sampler ddpm (steps must divide the training timesteps) or ddim (any count).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from shortcut_policy.eval.sweep import DEFAULT_STEPS, format_table, plot_sweeps, sweep
+from shortcut_policy.train.run import load_policy, make_runner_for
+from shortcut_policy.utils import provenance
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--steps", type=int, nargs="+", default=None,
+                    help=f"step counts (default {list(DEFAULT_STEPS)}; DDPM: 1 2 4 5 10 20 25 50 100)")
+    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--seed-start", type=int, default=100000)
+    ap.add_argument("--weights", choices=["ema", "online"], default="ema")
+    ap.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="diffusion checkpoints only")
+    ap.add_argument("--method", default=None, help="name in the results file (default: the objective kind)")
+    ap.add_argument("--out", default=None, help="results JSON path (plot written beside it)")
+    ap.add_argument("--latency-iters", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--videos", type=int, default=0, help="record this many episodes per step count")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    policy = load_policy(args.checkpoint, weights=args.weights)
+    ocfg = policy.cfg.objective
+    if args.sampler:
+        if ocfg.kind not in ("ddpm", "ddim"):
+            raise SystemExit(f"--sampler applies to diffusion checkpoints; this one is {ocfg.kind!r}")
+        policy.objective.sampler = args.sampler
+    kind = args.sampler or ocfg.kind
+    steps = args.steps or ([1, 2, 4, 5, 10, 20, 25, 50, 100] if kind == "ddpm" else list(DEFAULT_STEPS))
+    state_cfg = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["config"]
+    task = state_cfg["task"]
+    runner = make_runner_for(task, n_episodes=args.episodes, seed_start=args.seed_start)
+    print(f"evaluating {args.checkpoint} ({kind}, trained {policy.train_step} steps) on {task['name']}, "
+          f"{args.episodes} episodes from seed {args.seed_start}")
+    video_dir = str(Path(args.out).with_suffix("")) + "-videos" if (args.videos and args.out) else None
+    res = sweep(policy, runner, steps, latency_iters=args.latency_iters, progress=not args.no_progress,
+                video_dir=video_dir, n_videos=args.videos)
+    result = {"task": task["name"], "method": args.method or kind, **provenance(),
+              "train_steps": policy.train_step, "checkpoint": str(args.checkpoint), "weights": args.weights,
+              "objective": state_cfg["policy_config"]["objective"], "net": state_cfg["policy_config"]["net"],
+              "torch_threads": torch.get_num_threads(), **res}
+    print(format_table(res))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        plot_sweeps({result["method"]: result}, str(out.with_suffix(".png")),
+                    title=f"{result['task']} {result['method']}: {result['command']} ({result['machine']}, {result['date']})")
+        print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv and install shortcut-policy with the PushT simulator and test tools.
+# torch is installed first and pinned: on a CPU machine `torch==2.13.0` takes the CPU wheel, while any
+# unpinned or ranged torch would pull several GB of CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[pusht,dev]"
+.venv/bin/python -c "import torch, shortcut_policy, envs, gym_pusht; print('shortcut-policy ready: torch', torch.__version__)"

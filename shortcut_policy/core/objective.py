@@ -1,0 +1,174 @@
+"""The shortcut objective: flow matching + self-consistency in one mixed batch.
+
+For data x1, noise x0 and x_t = (1 - t) x0 + t x1, a network s(x_t, t, d | cond)
+is trained on two targets at once:
+
+- flow part (1 - f of the batch): t on the grid {0, 1/M, ..., (M-1)/M}, d = 1/M,
+  target v = x1 - x0 (the flow-matching velocity);
+- consistency part (f of the batch): a jump of size 2d made of two half jumps of
+  size d by a teacher under no-grad,
+      v1 = teacher(x_t, t, d),  x' = x_t + d v1,  v2 = teacher(x', t + d, d),
+      target for s(x_t, t, 2d) = (v1 + v2) / 2,
+  with t a multiple of 2d so that t + 2d <= 1.
+
+Plain flow matching is the same objective with ``consistency_fraction=0`` (and a
+network that ignores d); the sampler then feeds d = 1/M at every step.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .sampler import VelocityFn, sample
+from .schedule import check_max_steps
+
+
+def index_cond(cond: Any, idx: torch.Tensor) -> Any:
+    """Select examples ``idx`` from a condition that is None, a tensor, or a dict/list of tensors."""
+    if cond is None:
+        return None
+    if isinstance(cond, torch.Tensor):
+        return cond[idx]
+    if isinstance(cond, dict):
+        return {k: index_cond(v, idx) for k, v in cond.items()}
+    if isinstance(cond, (list, tuple)):
+        return type(cond)(index_cond(v, idx) for v in cond)
+    raise TypeError(f"cannot index a condition of type {type(cond).__name__}")
+
+
+def _detach(cond: Any) -> Any:
+    if isinstance(cond, torch.Tensor):
+        return cond.detach()
+    if isinstance(cond, dict):
+        return {k: _detach(v) for k, v in cond.items()}
+    if isinstance(cond, (list, tuple)):
+        return type(cond)(_detach(v) for v in cond)
+    return cond
+
+
+class ShortcutObjective:
+    """Loss and sampler of a shortcut model (Frans et al. 2025).
+
+    Args:
+        max_steps: M, the number of smallest steps (power of two); d in {1, 1/2, ..., 1/M}.
+        consistency_fraction: share f of each batch trained on self-consistency targets
+            (reference code 1/8, paper text 1/4). 0 gives plain flow matching.
+        level_weights: relative frequency of each consistency *target* step size
+            2d = 1, 1/2, ..., 2/M (log2(M) entries, largest first); None = uniform.
+        clip: clamp the teacher's intermediate state and the target to [-clip, clip]
+            (the reference uses 4); None = off.
+    """
+
+    def __init__(self, max_steps: int = 128, consistency_fraction: float = 0.25,
+                 level_weights: Sequence[float] | None = None, clip: float | None = None):
+        self.n_levels = check_max_steps(max_steps)
+        self.max_steps = max_steps
+        if not 0.0 <= consistency_fraction < 1.0:
+            raise ValueError(f"consistency_fraction must be in [0, 1), got {consistency_fraction}")
+        self.consistency_fraction = float(consistency_fraction)
+        if level_weights is None:
+            level_weights = [1.0] * self.n_levels
+        if len(level_weights) != self.n_levels or any(w < 0 for w in level_weights) or sum(level_weights) <= 0:
+            raise ValueError(
+                f"level_weights needs {self.n_levels} non-negative weights (target steps 1 .. 2/{max_steps}), "
+                f"got {list(level_weights)}")
+        self.level_weights = torch.tensor([float(w) for w in level_weights])
+        if clip is not None and clip <= 0:
+            raise ValueError(f"clip must be positive or None, got {clip}")
+        self.clip = clip
+
+    @property
+    def flow_only(self) -> bool:
+        return self.consistency_fraction == 0.0
+
+    # ------------------------------------------------------------------ training
+    def n_consistency(self, batch_size: int, generator: torch.Generator | None = None) -> int:
+        """Examples of a batch that get a consistency target: floor(B f) plus a coin flip on
+        the remainder, so small batches keep the right share on average (never a silent 0)."""
+        exact = batch_size * self.consistency_fraction
+        n = int(exact)
+        if torch.rand((), generator=generator).item() < exact - n:
+            n += 1
+        return min(n, batch_size)
+
+    def sample_levels(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-example consistency target levels j (target step 2d = 2^-j), j in 0..log2(M)-1: (n,)."""
+        return torch.multinomial(self.level_weights, n, replacement=True, generator=generator)
+
+    def loss(self, model: VelocityFn, x1: torch.Tensor, cond: Any = None,
+             teacher: VelocityFn | None = None, teacher_cond: Any = None,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mixed-batch shortcut loss.
+
+        Args:
+            model: the trained network (x, t, d, cond) -> v.
+            x1: data (B, ...), e.g. normalized action chunks (B, T, A) or images (B, C, H, W).
+            cond: condition of the batch (tensor / dict of tensors indexed on dim 0, or None).
+            teacher: network that builds the consistency targets under no-grad (EMA weights,
+                or None for the online ``model``).
+            teacher_cond: the teacher's condition for the whole batch (defaults to ``cond`` detached).
+        Returns:
+            (loss, info) with the flow and consistency parts of the MSE logged separately.
+        """
+        B, M = x1.shape[0], self.max_steps
+        dev, dt = x1.device, x1.dtype
+        bshape = (B,) + (1,) * (x1.ndim - 1)
+        x0 = torch.randn(x1.shape, generator=generator, dtype=dt, device="cpu" if generator is not None else dev).to(dev)
+
+        # flow part: t = k / M, d = 1 / M, target x1 - x0
+        t = torch.randint(0, M, (B,), generator=generator).to(dev, dt) / M  # (B,)
+        d = torch.full((B,), 1.0 / M, dtype=dt, device=dev)  # (B,)
+        nb = 0 if self.flow_only else self.n_consistency(B, generator)
+        if nb:
+            # consistency part: target step 2d = 2^-j, t a multiple of 2d
+            j = self.sample_levels(nb, generator)  # (nb,)
+            n_cells = (2 ** j).to(torch.float64)  # 1 / (2d)
+            cell = torch.floor(torch.rand(nb, generator=generator, dtype=torch.float64) * n_cells)
+            t[:nb] = (cell / n_cells).to(dev, dt)
+            d[:nb] = (1.0 / n_cells).to(dev, dt)
+        x_t = (1 - t.view(bshape)) * x0 + t.view(bshape) * x1  # (B, ...)
+        target = x1 - x0  # (B, ...)
+
+        if nb:
+            idx = torch.arange(nb, device=dev)
+            tc = index_cond(_detach(cond) if teacher_cond is None else teacher_cond, idx)
+            target[:nb] = self.consistency_target(teacher or model, x_t[:nb], t[:nb], d[:nb] / 2, tc)
+
+        pred = model(x_t, t, d, cond)  # (B, ...)
+        if pred.shape != x1.shape:
+            raise ValueError(f"network output {tuple(pred.shape)} does not match data {tuple(x1.shape)}")
+        err = (pred - target).pow(2).flatten(1).mean(1)  # (B,)
+        loss = err.mean()
+        info = {"loss": loss.item(), "loss_flow": err[nb:].mean().item() if nb < B else 0.0,
+                "loss_consistency": err[:nb].mean().item() if nb else 0.0,
+                "consistency_share": nb / B}
+        return loss, info
+
+    @torch.no_grad()
+    def consistency_target(self, teacher: VelocityFn, x_t: torch.Tensor, t: torch.Tensor, d_half: torch.Tensor,
+                           cond: Any) -> torch.Tensor:
+        """Average velocity of two half jumps of size d_half from (x_t, t): the target for s(x_t, t, 2 d_half)."""
+        shape = (-1,) + (1,) * (x_t.ndim - 1)
+        v1 = teacher(x_t, t, d_half, cond)  # (n, ...)
+        x_mid = x_t + d_half.view(shape) * v1
+        if self.clip is not None:
+            x_mid = x_mid.clamp(-self.clip, self.clip)
+        v2 = teacher(x_mid, t + d_half, d_half, cond)  # (n, ...)
+        target = (v1 + v2) / 2
+        if self.clip is not None:
+            target = target.clamp(-self.clip, self.clip)
+        return target
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, model: VelocityFn, x0: torch.Tensor, steps: int, cond: Any = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """``steps`` network calls from noise x0. A flow-only model is always fed d = 1/M."""
+        fixed_d = 1.0 / self.max_steps if self.flow_only else None
+        return sample(model, x0, steps, cond, max_steps=self.max_steps, fixed_d=fixed_d)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "flow" if self.flow_only else "shortcut", "max_steps": self.max_steps,
+                "consistency_fraction": self.consistency_fraction,
+                "level_weights": self.level_weights.tolist(), "clip": self.clip}
+

@@ -1,0 +1,82 @@
+"""Step-count sweep of a trained policy: closed-loop score / success and chunk latency per number of
+network calls, in the results format of docs (``docs/results/<task>-<method>.json``)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .latency import measure_latency
+
+DEFAULT_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def sweep(policy, runner, steps_list: Sequence[int] = DEFAULT_STEPS, latency_iters: int = 50,
+          progress: bool = True, seed: int = 0, video_dir: str | None = None, n_videos: int = 0) -> dict[str, Any]:
+    """Evaluate ``policy`` at each step count on the runner's fixed seeds.
+
+    Returns {"steps": {"N": {score, success, latency_ms_p50, latency_ms_p99, control_rate_hz, ...}}}.
+    The control rate is n_action_steps / chunk latency: the fastest loop a chunk of that cost allows.
+    """
+    policy.eval()
+    out: dict[str, Any] = {}
+    seeds: list[int] = []
+    for n in steps_list:
+        g = torch.Generator().manual_seed(seed)
+        vd = f"{video_dir}/steps{n}" if video_dir and n_videos else None
+        res = runner.run(policy.act_fn(steps=n, generator=g), progress=progress, video_dir=vd, n_videos=n_videos)
+        seeds = [int(x) for x in res.seeds]
+        obs1 = torch.zeros(1, policy.cfg.n_obs_steps, policy.cfg.obs_dim)
+        lat = measure_latency(lambda: policy.predict_action_chunk(obs1, steps=n), iters=latency_iters,
+                              warmup=3, max_seconds=20.0)
+        out[str(n)] = {
+            "score": round(res.score, 4), "success": round(res.success, 4),
+            "score_sem": round(float(np.std(res.scores) / np.sqrt(max(1, res.n_episodes))), 4),
+            "latency_ms_p50": round(lat["p50_ms"], 3), "latency_ms_p99": round(lat["p99_ms"], 3),
+            "control_rate_hz": round(policy.cfg.n_action_steps / (lat["p50_ms"] / 1e3), 1),
+        }
+        if progress:
+            r = out[str(n)]
+            print(f"  steps {n:>3}: score {r['score']:.3f}  success {r['success']:.2f}  "
+                  f"latency p50 {r['latency_ms_p50']:.2f} ms  p99 {r['latency_ms_p99']:.2f} ms")
+    return {"episodes": len(seeds), "seeds": [min(seeds), max(seeds)] if seeds else [], "steps": out}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Markdown table of a sweep's "steps" entry."""
+    rows = ["| steps | score | success | latency p50 (ms) | p99 (ms) | control rate (Hz) |",
+            "|---|---|---|---|---|---|"]
+    for n, r in results["steps"].items():
+        rows.append(f"| {n} | {r['score']:.3f} | {r['success']:.2f} | {r['latency_ms_p50']:.2f} | "
+                    f"{r['latency_ms_p99']:.2f} | {r['control_rate_hz']:.0f} |")
+    return "\n".join(rows)
+
+
+def plot_sweeps(results: dict[str, dict[str, Any]], path: str, title: str = "") -> None:
+    """Score / success and latency vs step count for one or more methods ({method: results})."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (method, res) in enumerate(results.items()):
+        ns = [int(k) for k in res["steps"]]
+        rs = list(res["steps"].values())
+        a1.plot(ns, [r["score"] for r in rs], "o-", color=f"C{i}", label=f"{method} score")
+        a1.plot(ns, [r["success"] for r in rs], "s--", color=f"C{i}", alpha=0.6, label=f"{method} success")
+        a2.plot(ns, [r["latency_ms_p50"] for r in rs], "o-", color=f"C{i}", label=method)
+    for a in (a1, a2):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("network calls per chunk")
+        a.grid(alpha=0.3)
+    a1.set_ylabel("score / success")
+    a1.set_ylim(0, 1.02)
+    a2.set_ylabel("chunk latency p50, batch 1 (ms)")
+    a2.set_yscale("log")
+    a1.legend(fontsize=7)
+    a2.legend(fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,41 @@
+"""Run logging: a JSON-lines file always, wandb when asked (offline by default, never required)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+class RunLogger:
+    def __init__(self, out_dir: str | Path, config: dict[str, Any], wandb_mode: str = "disabled",
+                 project: str = "shortcut-policy", name: str | None = None, enabled: bool = True):
+        if wandb_mode not in WANDB_MODES:
+            raise ValueError(f"wandb mode must be one of {WANDB_MODES}, got {wandb_mode!r}")
+        self.enabled = enabled
+        self.path = Path(out_dir) / "metrics.jsonl"
+        self._wandb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if wandb_mode != "disabled":
+            import wandb  # optional at run time: imported only when used
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self._wandb = wandb.init(project=project, name=name, config=config, mode=wandb_mode,
+                                     dir=str(out_dir), resume="allow")
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
