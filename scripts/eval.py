@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from shortcut_policy.eval.sweep import DEFAULT_STEPS, format_table, plot_sweeps, sweep
-from shortcut_policy.train.run import load_policy, make_runner_for
+from shortcut_policy.train.run import load_policy, make_runner_for, training_command
 from shortcut_policy.utils import provenance
 
 
@@ -58,7 +58,8 @@ def main() -> None:
     res = sweep(policy, runner, steps, latency_iters=args.latency_iters, progress=not args.no_progress,
                 video_dir=video_dir, n_videos=args.videos)
     result = {"task": task["name"], "method": args.method or kind, **provenance(),
-              "train_steps": policy.train_step, "checkpoint": str(args.checkpoint), "weights": args.weights,
+              "train_steps": policy.train_step, "train_command": training_command(args.checkpoint, state_cfg),
+              "checkpoint": str(args.checkpoint), "weights": args.weights,
               "objective": state_cfg["policy_config"]["objective"], "net": state_cfg["policy_config"]["net"],
               "torch_threads": torch.get_num_threads(), **res}
     print(format_table(res))

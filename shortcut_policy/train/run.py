@@ -19,6 +19,7 @@ import torch
 
 from ..policy import PolicyConfig, ShortcutPolicy
 from .checkpoint import CheckpointError, load_checkpoint, load_state_strict
+from ..utils import provenance
 from .loop import TrainConfig, train
 
 TASKS = ("pusht_lowdim",)
@@ -81,12 +82,25 @@ def run_training(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
             print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in out.items()))
             return out
 
-    full = {**run, "policy_config": pcfg.to_dict(), "train": dataclasses.asdict(train_cfg)}
+    full = {**run, "policy_config": pcfg.to_dict(), "train": dataclasses.asdict(train_cfg),
+            "provenance": run.get("provenance") or provenance()}
     metrics = train(policy, dataset, train_cfg, out_dir, full, teacher=pcfg.objective.teacher,
                     teacher_ema_decay=pcfg.objective.teacher_ema_decay,
                     val_dataset=dataset.get_validation_dataset(), evaluate=evaluate,
                     resume=run.get("resume", True))
     return out_dir, metrics
+
+
+def training_command(checkpoint: str | Path, config: dict[str, Any]) -> str | None:
+    """The command that trained a checkpoint: stored in its config, else rebuilt from Hydra's overrides."""
+    if config.get("provenance"):
+        return config["provenance"]["command"]
+    overrides = Path(checkpoint).resolve().parent.parent / "hydra" / "overrides.yaml"
+    if overrides.is_file():
+        import yaml
+
+        return "python scripts/train.py " + " ".join(yaml.safe_load(overrides.read_text()) or [])
+    return None
 
 
 def load_policy(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> ShortcutPolicy:

@@ -1,0 +1,57 @@
+"""Chunk latency of trained policies in one process (so the numbers compare): the bare network
+forward (the floor of any generative policy with this network) and the whole predict_action_chunk
+at each step count, batch 1, warm, median and p99.
+
+    python scripts/latency.py --checkpoints runs/a/checkpoints/latest.pt runs/b/checkpoints/latest.pt \\
+        --steps 1 2 4 8 16 32 64 128 --threads 1 --out docs/results/pusht_lowdim-latency.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from shortcut_policy.eval.latency import measure_latency
+from shortcut_policy.train.run import load_policy
+from shortcut_policy.utils import provenance
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoints", nargs="+", required=True)
+    ap.add_argument("--names", nargs="*", default=None, help="one name per checkpoint (default: objective kind)")
+    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = {**provenance(), "threads": args.threads, "batch": 1, "policies": {}}
+    for i, ck in enumerate(args.checkpoints):
+        p = load_policy(ck)
+        name = args.names[i] if args.names else p.cfg.objective.kind
+        obs = torch.zeros(1, p.cfg.n_obs_steps, p.cfg.obs_dim)
+        H, A = p.cfg.horizon, p.cfg.action_dim
+        x, t, d = torch.zeros(1, H, A), torch.zeros(1), torch.ones(1)
+        cond = p._encode({"obs": obs})
+        with torch.no_grad():
+            floor = measure_latency(lambda: p.net(x, t, d, cond), iters=args.iters * 2, warmup=20)
+        rows = {"forward": floor}
+        steps = [s for s in args.steps if not (p.cfg.objective.kind == "ddpm" and 100 % s)]
+        for s in steps:
+            rows[str(s)] = measure_latency(lambda: p.predict_action_chunk(obs, steps=s), iters=args.iters,
+                                           warmup=3, max_seconds=15)
+            rows[str(s)]["control_rate_hz"] = p.cfg.n_action_steps / (rows[str(s)]["p50_ms"] / 1e3)
+        if "1" in rows:
+            rows["overhead_ratio_1step"] = rows["1"]["p50_ms"] / floor["p50_ms"]
+        out["policies"][name] = rows
+        print(name, {k: (round(v["p50_ms"], 2) if isinstance(v, dict) else round(v, 3)) for k, v in rows.items()})
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
