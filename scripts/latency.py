@@ -28,10 +28,13 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = {**provenance(), "threads": args.threads, "batch": 1, "policies": {}}
+    out = {"task": "pusht_lowdim", "method": "latency", **provenance(), "threads": args.threads, "batch": 1,
+           "forward": {}, "overhead_ratio_1step": {}, "steps": {}}
     for i, ck in enumerate(args.checkpoints):
         p = load_policy(ck)
         name = args.names[i] if args.names else p.cfg.objective.kind
+        if p.cfg.objective.kind in ("ddpm", "ddim") and name in ("ddpm", "ddim"):
+            p.objective.sampler = name  # one trained diffusion network, two samplers
         obs = torch.zeros(1, p.cfg.n_obs_steps, p.cfg.obs_dim)
         H, A = p.cfg.horizon, p.cfg.action_dim
         x, t, d = torch.zeros(1, H, A), torch.zeros(1), torch.ones(1)
@@ -39,15 +42,21 @@ def main() -> None:
         with torch.no_grad():
             floor = measure_latency(lambda: p.net(x, t, d, cond), iters=args.iters * 2, warmup=20)
         rows = {"forward": floor}
-        steps = [s for s in args.steps if not (p.cfg.objective.kind == "ddpm" and 100 % s)]
+        K = p.cfg.objective.num_train_timesteps
+        if p.cfg.objective.kind in ("ddpm", "ddim"):
+            steps = [s for s in args.steps if s <= K and not (name == "ddpm" and K % s)]
+        else:
+            steps = [s for s in args.steps if s <= p.cfg.objective.max_steps]
         for s in steps:
             rows[str(s)] = measure_latency(lambda: p.predict_action_chunk(obs, steps=s), iters=args.iters,
                                            warmup=3, max_seconds=15)
             rows[str(s)]["control_rate_hz"] = p.cfg.n_action_steps / (rows[str(s)]["p50_ms"] / 1e3)
+        out["forward"][name] = floor
         if "1" in rows:
-            rows["overhead_ratio_1step"] = rows["1"]["p50_ms"] / floor["p50_ms"]
-        out["policies"][name] = rows
-        print(name, {k: (round(v["p50_ms"], 2) if isinstance(v, dict) else round(v, 3)) for k, v in rows.items()})
+            out["overhead_ratio_1step"][name] = rows["1"]["p50_ms"] / floor["p50_ms"]
+        for s in steps:
+            out["steps"].setdefault(str(s), {})[name] = rows[str(s)]
+        print(name, {k: round(v["p50_ms"], 2) for k, v in rows.items()})
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))

@@ -25,6 +25,8 @@ def main() -> None:
     runs = {}
     for f in files:
         d = json.loads(f.read_text())
+        if d.get("method") == "latency":  # scripts/latency.py output, a different layout
+            continue
         runs[f.stem[len(args.task) + 1:]] = d
     if args.methods:
         runs = {m: runs[m] for m in args.methods if m in runs}

@@ -76,7 +76,9 @@ def plot_sweeps(results: dict[str, dict[str, Any]], path: str, title: str = "") 
     a2.set_yscale("log")
     a1.legend(fontsize=7)
     a2.legend(fontsize=7)
-    fig.suptitle(title, fontsize=8)
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(title, 160)), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
