@@ -49,7 +49,7 @@ def main() -> None:
         policy.objective.sampler = args.sampler
     kind = args.sampler or ocfg.kind
     steps = args.steps or ([1, 2, 4, 5, 10, 20, 25, 50, 100] if kind == "ddpm" else list(DEFAULT_STEPS))
-    state_cfg = torch.load(args.checkpoint, map_location="cpu", weights_only=True)["config"]
+    state_cfg = policy.run_config
     task = state_cfg["task"]
     runner = make_runner_for(task, n_episodes=args.episodes, seed_start=args.seed_start)
     print(f"evaluating {args.checkpoint} ({kind}, trained {policy.train_step} steps) on {task['name']}, "

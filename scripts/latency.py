@@ -28,10 +28,14 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = {"task": "pusht_lowdim", "method": "latency", **provenance(), "threads": args.threads, "batch": 1,
+    out = {"task": None, "method": "latency", **provenance(), "threads": args.threads, "batch": 1,
            "forward": {}, "overhead_ratio_1step": {}, "steps": {}}
     for i, ck in enumerate(args.checkpoints):
         p = load_policy(ck)
+        task = p.run_config["task"]["name"]
+        if out["task"] not in (None, task):
+            raise SystemExit(f"{ck} is a {task!r} policy; the others are {out['task']!r}: compare one task per file")
+        out["task"] = task
         name = args.names[i] if args.names else p.cfg.objective.kind
         if p.cfg.objective.kind in ("ddpm", "ddim") and name in ("ddpm", "ddim"):
             p.objective.sampler = name  # one trained diffusion network, two samplers

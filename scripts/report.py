@@ -13,6 +13,15 @@ from pathlib import Path
 from shortcut_policy.eval.sweep import plot_sweeps
 
 
+def _rows(runs: dict, steps: list[int], cell) -> list[str]:
+    """One markdown row per method; ``cell(result_at_step)`` formats a step's entry, '-' where absent."""
+    out = []
+    for name, d in runs.items():
+        cells = [cell(d["steps"][str(s)]) if str(s) in d["steps"] else "-" for s in steps]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="pusht_lowdim")
@@ -34,23 +43,15 @@ def main() -> None:
         raise SystemExit(f"no results for task {args.task!r} in {args.results}")
     steps = sorted({int(s) for d in runs.values() for s in d["steps"]})
     lines = [f"# {args.task}: score / success per number of network calls per chunk", "",
-             "| method | train steps | episodes | " + " | ".join(str(s) for s in steps) + " |",
-             "|---|---|---|" + "---|" * len(steps)]
-    for name, d in runs.items():
-        cells = []
-        for s in steps:
-            r = d["steps"].get(str(s))
-            cells.append(f"{r['score']:.3f} / {r['success']:.2f}" if r else "-")
-        lines.append(f"| {name} | {d.get('train_steps', '?')} | {d.get('episodes', '?')} | " + " | ".join(cells) + " |")
-    lines += ["", "Chunk latency, batch 1, median ms (p99):", "",
+             "| method | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps)]
+    lines += _rows(runs, steps, lambda r: f"{r['score']:.3f} / {r['success']:.2f}")
+    lines += ["", "Chunk latency, batch 1, median ms (p99), measured during the closed-loop runs:", "",
               "| method | " + " | ".join(str(s) for s in steps) + " |", "|---|" + "---|" * len(steps)]
-    for name, d in runs.items():
-        cells = []
-        for s in steps:
-            r = d["steps"].get(str(s))
-            cells.append(f"{r['latency_ms_p50']:.1f} ({r['latency_ms_p99']:.1f})" if r else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Runs (command, machine, date):", ""]
+    lines += _rows(runs, steps, lambda r: f"{r['latency_ms_p50']:.1f} ({r['latency_ms_p99']:.1f})")
+    lines += ["", "| method | train steps | episodes | training command |", "|---|---|---|---|"]
+    lines += [f"| {n} | {d.get('train_steps', '?')} | {d.get('episodes', '?')} | `{d.get('train_command')}` |"
+              for n, d in runs.items()]
+    lines += ["", "Evaluations (command, machine, date):", ""]
     for name, d in runs.items():
         lines.append(f"- **{name}**: `{d['command']}`; {d['machine']}; {d['date']}; seeds {d.get('seeds')}")
     out = Path(args.out or Path(args.results) / f"{args.task}.md")

@@ -2,6 +2,7 @@
 network calls, in the results format of docs (``docs/results/<task>-<method>.json``)."""
 from __future__ import annotations
 
+import textwrap
 from typing import Any, Sequence
 
 import numpy as np
@@ -76,8 +77,6 @@ def plot_sweeps(results: dict[str, dict[str, Any]], path: str, title: str = "") 
     a2.set_yscale("log")
     a1.legend(fontsize=7)
     a2.legend(fontsize=7)
-    import textwrap
-
     fig.suptitle("\n".join(textwrap.wrap(title, 160)), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

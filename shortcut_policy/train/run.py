@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from ..policy import PolicyConfig, ShortcutPolicy
-from .checkpoint import CheckpointError, load_checkpoint, load_state_strict
 from ..utils import provenance
+from .checkpoint import CheckpointError, load_checkpoint, load_state_strict
 from .loop import TrainConfig, train
 
 TASKS = ("pusht_lowdim",)
@@ -120,4 +120,5 @@ def load_policy(path: str | Path, weights: str = "ema", device: str | torch.devi
         raise ValueError(f"weights must be 'ema' or 'online', got {weights!r}")
     load_state_strict(policy, sd, f"checkpoint {path} ({weights} weights)")
     policy.train_step = int(state["step"])
+    policy.run_config = cfg  # task, training command: what evaluators report next to the numbers
     return policy.to(device).eval()
