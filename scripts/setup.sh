@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install shortcut-policy with the PushT simulator and test tools.
+# Create .venv and install shortcut-policy with the PushT simulator, the export backends (onnx +
+# onnxruntime CPU wheels, about 33 MB together, so CI runs the ONNX export tests) and test tools.
 # torch is installed first and pinned: on a CPU machine `torch==2.13.0` takes the CPU wheel, while any
 # unpinned or ranged torch would pull several GB of CUDA wheels.
 set -euo pipefail
@@ -10,5 +11,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[pusht,dev]"
+.venv/bin/python -m pip install -q -e ".[pusht,deploy,dev]"
 .venv/bin/python -c "import torch, shortcut_policy, envs, gym_pusht; print('shortcut-policy ready: torch', torch.__version__)"

@@ -1,4 +1,5 @@
-"""Action-chunk velocity networks: each maps (x_t (B, T, A), t (B,), d (B,), cond) -> (B, T, A).
+"""Velocity networks: action-chunk nets map (x_t (B, T, A), t (B,), d (B,), cond) -> (B, T, A);
+the image DiT (``make_image_net``, presets in ``DIT_MODELS``) maps (B, C, H, W) images the same way.
 
 ``make_action_net(name, **kwargs)`` builds one by name. The plain names ("unet1d",
 "transformer") take every constructor argument; sized presets fix their size arguments.
@@ -9,6 +10,7 @@ from typing import Callable
 
 from torch import nn
 
+from shortcut_policy.nets.dit import DIT_MODELS, DiT, make_image_net
 from shortcut_policy.nets.transformer import ActionTransformer
 from shortcut_policy.nets.unet1d import ConditionalUnet1D
 
@@ -54,4 +56,5 @@ def make_action_net(name: str, **kwargs) -> nn.Module:
     return ACTION_NETS[name](**kwargs)
 
 
-__all__ = ["ACTION_NETS", "ActionTransformer", "ConditionalUnet1D", "make_action_net"]
+__all__ = ["ACTION_NETS", "ActionTransformer", "ConditionalUnet1D", "DIT_MODELS", "DiT", "make_action_net",
+           "make_image_net"]

@@ -42,6 +42,14 @@ class Attention(nn.Module):
         return self.proj(y)  # (B, T, C)
 
 
+def xavier_linear_init(m: nn.Module) -> None:
+    """DiT's default init for every linear layer (xavier weights, zero bias); the adaLN-Zero
+    projections are zeroed afterwards by the owning network."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class AdaLNBlock(nn.Module):
     """Self-attention, cross-attention (if there is a condition) and MLP, each gated by adaLN-Zero.
 
@@ -133,14 +141,9 @@ class ActionTransformer(nn.Module):
 
     def _init_weights(self) -> None:
         # the (t, d) embedding keeps its own init; everything else follows DiT
-        def basic(m: nn.Module) -> None:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-
         for module in [self.in_proj, self.blocks, self.ada_final, self.head] + (
                 [self.cond_mlp] if self.cond_dim > 0 else []):
-            module.apply(basic)
+            module.apply(xavier_linear_init)
         nn.init.normal_(self.pos_emb, std=0.02)
         if self.cond_dim > 0:
             nn.init.normal_(self.cond_pos_emb, std=0.02)

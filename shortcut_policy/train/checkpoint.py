@@ -73,3 +73,30 @@ def load_state_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tenso
                 f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:5]))
         raise CheckpointError(f"{what} does not match the model built from its config: " + "; ".join(parts))
     module.load_state_dict(state_dict)
+
+
+def load_trained(module_factory, path: str | Path, config_key: str, weights: str = "ema",
+                 device: str | torch.device = "cpu", other_kind: str = "another kind of model"):
+    """Rebuild a trained model from its checkpoint alone (policy, image model, ...).
+
+    ``module_factory(config[config_key])`` builds the untrained module; the EMA (default) or online
+    weights are loaded strictly. The module gets ``train_step`` and ``run_config`` (the whole stored
+    config: task, training command) so evaluators can report them next to their numbers.
+    """
+    state = load_checkpoint(path, map_location=device)
+    cfg = state["config"]
+    if config_key not in cfg:
+        raise CheckpointError(f"{path} holds no {config_key!r} (is it a checkpoint of {other_kind}?)")
+    module = module_factory(cfg[config_key])
+    if weights == "ema":
+        if not state.get("ema"):
+            raise CheckpointError(f"{path} has no EMA weights; use weights='online'")
+        sd = state["ema"]["module"]
+    elif weights == "online":
+        sd = state["model"]
+    else:
+        raise ValueError(f"weights must be 'ema' or 'online', got {weights!r}")
+    load_state_strict(module, sd, f"checkpoint {path} ({weights} weights)")
+    module.train_step = int(state["step"])
+    module.run_config = cfg
+    return module.to(device).eval()

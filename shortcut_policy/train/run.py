@@ -19,7 +19,7 @@ import torch
 
 from ..policy import PolicyConfig, ShortcutPolicy
 from ..utils import provenance
-from .checkpoint import CheckpointError, load_checkpoint, load_state_strict
+from .checkpoint import load_trained
 from .loop import TrainConfig, train
 
 TASKS = ("pusht_lowdim",)
@@ -105,20 +105,5 @@ def training_command(checkpoint: str | Path, config: dict[str, Any]) -> str | No
 
 def load_policy(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> ShortcutPolicy:
     """Rebuild a trained policy from its checkpoint alone. ``weights``: "ema" (default) or "online"."""
-    state = load_checkpoint(path, map_location=device)
-    cfg = state["config"]
-    if "policy_config" not in cfg:
-        raise CheckpointError(f"{path} holds no policy config (is it an image-model checkpoint?)")
-    policy = ShortcutPolicy(PolicyConfig.from_dict(cfg["policy_config"]))
-    if weights == "ema":
-        if not state.get("ema"):
-            raise CheckpointError(f"{path} has no EMA weights; use weights='online'")
-        sd = state["ema"]["module"]
-    elif weights == "online":
-        sd = state["model"]
-    else:
-        raise ValueError(f"weights must be 'ema' or 'online', got {weights!r}")
-    load_state_strict(policy, sd, f"checkpoint {path} ({weights} weights)")
-    policy.train_step = int(state["step"])
-    policy.run_config = cfg  # task, training command: what evaluators report next to the numbers
-    return policy.to(device).eval()
+    return load_trained(lambda c: ShortcutPolicy(PolicyConfig.from_dict(c)), path, "policy_config", weights,
+                        device, other_kind="an image model")

@@ -1,0 +1,276 @@
+"""Export a trained policy at a fixed step count to a file that runs without this package.
+
+The exported graph is a pure function of two inputs,
+
+    obs   (B, n_obs_steps, obs_dim)   raw observation history (pixels, metres: not normalized)
+    noise (B, horizon, action_dim)    the sampler's initial Gaussian noise x0
+
+and returns two outputs,
+
+    action_chunk    (B, n_action_steps, action_dim)  raw actions to execute (what the controller uses)
+    action_sequence (B, horizon, action_dim)         the whole predicted horizon, raw
+
+Normalization, the observation encoder, the ``steps`` network calls of the sampler (its step
+schedule unrolled, every t and d a constant) and unnormalization are all inside. Taking the noise
+as an input keeps the graph deterministic, so an export can be checked against eager
+``predict_action_chunk`` on the same noise (``verify_export``), and the caller decides how noise
+is drawn (``ExportedPolicy`` draws it with a seeded numpy generator).
+
+Two backends, chosen by the file suffix:
+- ``.pt`` / ``.ts``: TorchScript by ``torch.jit.trace`` (needs torch, not this package);
+- ``.onnx``: ONNX (opset 17, the TorchScript-based exporter) for ONNX Runtime (needs neither).
+
+Next to the artifact, ``<artifact>.json`` holds the metadata (shapes, step count, source
+checkpoint, training step, versions, date); the same JSON is embedded in the artifact
+(TorchScript extra file / ONNX ``metadata_props``) so a loader can tell when a sidecar belongs
+to another export.
+
+Samplers that draw fresh noise inside the loop (DDPM, DDIM with eta > 0) are refused: their
+graph would not be a function of the inputs. A DDPM-trained network exports with the
+deterministic DDIM sampler (``sampler="ddim"``).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..policy import ShortcutPolicy
+
+from .export_format import (FORMAT_VERSION, INPUT_NAMES, METADATA_FILE, OUTPUT_NAMES, backend_for,
+                            sidecar_path)
+
+ONNX_OPSET = 17
+
+
+class ChunkGraph(nn.Module):
+    """(obs, noise) -> (action_chunk, action_sequence) for one policy at a fixed step count.
+
+    It calls the policy's own encoder, sampler and normalizer, so the traced graph is the eager
+    computation with the Python loop unrolled, not a re-implementation that could drift from it.
+    Only the input checks of ``predict_action_chunk`` (NaN tests, dict handling) are left out:
+    they are data-dependent branches a trace cannot keep, and ``ExportedPolicy`` does them.
+    """
+
+    def __init__(self, policy: ShortcutPolicy, steps: int, sampler: str | None = None):
+        super().__init__()
+        cfg = policy.cfg
+        kind = cfg.objective.kind
+        if kind in ("ddpm", "ddim"):
+            sampler = sampler or policy.objective.sampler
+            if sampler != "ddim":
+                raise ValueError(f"the {sampler!r} sampler draws fresh noise at every step, so its graph is not a "
+                                 "function of (obs, noise); export this DDPM-trained network with sampler='ddim'")
+            if policy.objective.ddim_eta != 0:
+                raise ValueError(f"DDIM with eta={policy.objective.ddim_eta} draws noise at every step; export needs eta=0")
+        elif sampler not in (None, kind):
+            raise ValueError(f"a {kind!r} policy has one sampler; got sampler={sampler!r}")
+        if not policy.normalizer.is_fitted:
+            raise ValueError("the policy's normalizer is not fitted: export a trained policy (load_policy), "
+                             "the artifact must carry the normalization")
+        self.policy = policy
+        self.steps = int(steps)
+        self.sampler = sampler or kind
+        self.start = cfg.n_obs_steps - 1
+        self.n_action_steps = cfg.n_action_steps
+        # check the step count now (not inside the trace), with the objective's own error message
+        if kind in ("ddpm", "ddim"):
+            from ..core.diffusion import inference_timesteps
+
+            inference_timesteps(policy.objective.num_train_timesteps, self.steps, policy.objective.timestep_spacing)
+        else:
+            from ..core.schedule import step_schedule
+
+            step_schedule(self.steps, policy.objective.max_steps)
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.policy
+        cond = p._encode({"obs": obs})  # (B, cond_dim)
+        if self.sampler == "ddim":
+            naction = p.objective.sample(p.net, noise, self.steps, cond, method="ddim")  # (B, H, A)
+        else:
+            naction = p.objective.sample(p.net, noise, self.steps, cond)  # (B, H, A)
+        seq = p.normalizer.unnormalize("action", naction)  # (B, H, A)
+        return seq[:, self.start:self.start + self.n_action_steps], seq  # (B, n_action_steps, A), (B, H, A)
+
+
+def export_metadata(policy: ShortcutPolicy, steps: int, backend: str, sampler: str,
+                    checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """What a loader needs to check inputs and what a reader needs to trace the file back."""
+    cfg = policy.cfg
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "backend": backend,
+        "obs_dim": cfg.obs_dim,
+        "action_dim": cfg.action_dim,
+        "horizon": cfg.horizon,
+        "n_obs_steps": cfg.n_obs_steps,
+        "n_action_steps": cfg.n_action_steps,
+        "steps": int(steps),
+        "objective": cfg.objective.kind,
+        "sampler": sampler,
+        "net": cfg.net,
+        "inputs": {"obs": ["B", cfg.n_obs_steps, cfg.obs_dim], "noise": ["B", cfg.horizon, cfg.action_dim]},
+        "outputs": {"action_chunk": ["B", cfg.n_action_steps, cfg.action_dim],
+                    "action_sequence": ["B", cfg.horizon, cfg.action_dim]},
+        "chunk_start": cfg.n_obs_steps - 1,
+        "source_checkpoint": None if checkpoint is None else str(checkpoint),
+        "train_step": getattr(policy, "train_step", None),
+        "torch_version": torch.__version__,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    task = (getattr(policy, "run_config", None) or {}).get("task", {})
+    if isinstance(task, dict) and task.get("name"):
+        meta["task"] = task["name"]
+    if backend == "onnx":
+        meta["onnx_opset"] = ONNX_OPSET
+    return meta
+
+
+def _example_inputs(policy: ShortcutPolicy, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs inside the data range (the normalizer's fitted obs limits), so tracing runs the real path."""
+    cfg = policy.cfg
+    g = torch.Generator().manual_seed(seed)
+    field = policy.normalizer.fields["obs"]
+    lo, hi = field.input_min.float(), field.input_max.float()
+    u = torch.rand(batch, cfg.n_obs_steps, cfg.obs_dim, generator=g)
+    obs = lo + u * (hi - lo)  # (B, To, obs_dim)
+    noise = torch.randn(batch, cfg.horizon, cfg.action_dim, generator=g)  # (B, H, A)
+    return obs.to(policy.device), noise.to(policy.device)
+
+
+def export_policy(policy: ShortcutPolicy, path: str | Path, steps: int, sampler: str | None = None,
+                  checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Write ``path`` (backend from its suffix) and ``<path>.json``; returns the metadata.
+
+    The graph accepts any batch size B (traced at B=2 with the batch axis dynamic).
+    """
+    path = Path(path)
+    backend = backend_for(path)
+    policy = policy.eval()
+    graph = ChunkGraph(policy, steps, sampler).eval()
+    meta = export_metadata(policy, steps, backend, graph.sampler, checkpoint)
+    meta_json = json.dumps(meta, indent=1)
+    example = _example_inputs(policy, batch=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        # the nets' shape checks compare traced sizes with Python ints; the trace keeps the sizes
+        # symbolic where it matters (batch) and verify_export checks other batch sizes
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # torch 2.13 marks torch.jit deprecated; it still works and needs nothing beyond torch at
+        # load time. The ONNX path is the one that does not depend on it.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+        if backend == "torchscript":
+            traced = torch.jit.trace(graph, example, check_trace=False)
+            traced = torch.jit.freeze(traced)  # parameters become constants: no module attributes left
+            torch.jit.save(traced, str(path), _extra_files={METADATA_FILE: meta_json})
+        else:
+            _export_onnx(graph, example, path, meta)
+    sidecar_path(path).write_text(meta_json + "\n")
+    return meta
+
+
+def _export_onnx(graph: ChunkGraph, example: tuple[torch.Tensor, torch.Tensor], path: Path,
+                 meta: dict[str, Any]) -> None:
+    try:
+        import onnx
+    except ImportError as e:
+        raise ImportError(f"ONNX export needs the onnx package ({e}); install it with: "
+                          "pip install 'shortcut-policy[deploy]'") from e
+    dynamic = {name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        # dynamo=False: the TorchScript-based exporter needs no onnxscript and handles the
+        # unrolled loop as plain straight-line code
+        torch.onnx.export(graph, example, str(path), input_names=list(INPUT_NAMES),
+                          output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, opset_version=ONNX_OPSET,
+                          do_constant_folding=True, dynamo=False)
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_FILE, json.dumps(meta, indent=1)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def verify_export(policy: ShortcutPolicy, path: str | Path, batch_sizes: tuple[int, ...] = (1, 3),
+                  trials: int = 3, atol: float = 1e-4, seed: int = 0, raise_on_fail: bool = True,
+                  loaded: Any = None) -> dict[str, Any]:
+    """Compare the exported file with eager ``predict_action_chunk`` on the same noise.
+
+    ``loaded``: the file already loaded as an ``ExportedPolicy`` (saves building a second ONNX
+    Runtime session, seconds for a many-step graph).
+
+    Observations are drawn inside the normalizer's fitted range, noise from N(0, 1), for each
+    batch size (the graph's batch axis is dynamic, so B=1 and B=3 both test it); the eager
+    policy's x0 is replaced by the same noise. Returns a report with
+
+    - ``max_abs_err``: largest |exported - eager| over the chunk, in raw action units;
+    - ``max_abs_err_normalized``: the same over the whole horizon in the policy's normalized
+      action units (data range [-1, 1]). The tolerance ``atol`` applies to this one: a raw error
+      of 1e-4 on PushT's 0..512 pixels is below float32 resolution (6e-5 at 512), so kernels that
+      merely sum in another order (ONNX Runtime) would fail a raw test by round-off alone.
+
+    Raises ``AssertionError`` above ``atol`` when ``raise_on_fail``.
+    """
+    from .runtime import ExportedPolicy
+
+    exported = loaded if loaded is not None else ExportedPolicy.load(path)
+    meta = exported.metadata
+    policy = policy.eval()
+    graph = ChunkGraph(policy, meta["steps"], meta["sampler"]).eval()
+    scale = policy.normalizer.fields["action"].scale.detach().cpu().double().numpy()  # (A,)
+    start, n = meta["chunk_start"], meta["n_action_steps"]
+    raw_errs, norm_errs = [], []
+    for b in batch_sizes:
+        for k in range(trials):
+            obs, noise = _example_inputs(policy, b, seed=seed + 1000 * b + k)
+            with torch.no_grad():
+                eager_seq = _eager_sequence(policy, graph, obs, noise).cpu().double().numpy()  # (B, H, A)
+            chunk, seq = exported.predict(obs.cpu().numpy(), noise.cpu().numpy())
+            raw_errs.append(float(np.abs(chunk - eager_seq[:, start:start + n]).max()))
+            norm_errs.append(float((np.abs(seq - eager_seq) * scale).max()))
+    worst = max(norm_errs)
+    report = {"path": str(path), "backend": meta["backend"], "steps": meta["steps"],
+              "max_abs_err": max(raw_errs), "max_abs_err_normalized": worst, "atol_normalized": atol,
+              "ok": bool(worst <= atol), "cases": len(raw_errs), "batch_sizes": list(batch_sizes)}
+    if raise_on_fail and not report["ok"]:
+        raise AssertionError(f"exported {meta['backend']} policy {path} differs from eager predict_action_chunk by "
+                             f"{worst:.3g} normalized action units > atol {atol} (raw {max(raw_errs):.3g})")
+    return report
+
+
+def _eager_sequence(policy: ShortcutPolicy, graph: ChunkGraph, obs: torch.Tensor, noise: torch.Tensor
+                    ) -> torch.Tensor:
+    """Eager ``predict_action_sequence`` with its x0 set to ``noise``.
+
+    ``predict_action_sequence`` draws x0 with ``torch.randn(shape, generator=g)``; a generator
+    cannot be told to return a given tensor, so x0 is substituted by temporarily wrapping the
+    objective's sampler. Everything else (input checks, encoding, the steps, unnormalization)
+    runs exactly as in eager deployment.
+    """
+    objective = policy.objective
+    original = objective.sample
+
+    def sample_from_noise(model, x0, steps, cond, generator=None, **kw):
+        if x0.shape != noise.shape:
+            raise RuntimeError(f"eager x0 {tuple(x0.shape)} does not match the export noise {tuple(noise.shape)}")
+        if graph.sampler == "ddim" and "method" not in kw:
+            kw["method"] = "ddim"
+        return original(model, noise.to(x0), steps, cond, **kw)
+
+    shadowed = "sample" in vars(objective)  # an instance attribute already (a test's wrapper)
+    objective.sample = sample_from_noise
+    try:
+        return policy.predict_action_sequence(obs, steps=graph.steps)
+    finally:
+        if shadowed:
+            objective.sample = original
+        else:
+            del objective.sample  # back to the class method

@@ -1,0 +1,271 @@
+"""The real-time loop: due times, stale actions, deadline fallback, ensembling, step budget, threads."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from shortcut_policy.deploy.control import (ActionScheduler, ControllerConfig, FakeClock, InlineInference,
+                                            ObservationHistory, RealClock, RealTimeController, TimedChunk,
+                                            auto_steps, choose_steps, ensemble_weights, measure_step_latencies)
+
+N, A, TO, D = 8, 2, 2, 3  # n_action_steps, action_dim, n_obs_steps, obs_dim
+
+
+class CountingPolicy:
+    """Chunk number c (0 = the synchronous first one) has action i = (c, i): what was sent tells
+    exactly which chunk and index served each tick."""
+
+    def __init__(self, sleep_s: float = 0.0):
+        self.calls, self.sleep_s, self.obs = 0, sleep_s, []
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        assert obs.shape == (1, TO, D)
+        self.obs.append(obs.copy())
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        c, self.calls = self.calls, self.calls + 1
+        return np.stack([np.full(N, float(c)), np.arange(N, dtype=float)], -1)[None]  # (1, N, A)
+
+
+def run_fake(latency_s: float, ticks: int, **cfg):
+    clock = FakeClock()
+    policy = CountingPolicy()
+    ctrl = RealTimeController(policy, TO, D, N, A, ControllerConfig(control_hz=10.0, **cfg), clock=clock,
+                              worker=lambda f, n, a, c: InlineInference(f, n, a, c, latency=lambda r: latency_s))
+    sent = []
+    stats = ctrl.run(lambda: np.zeros(D), lambda a: sent.append(tuple(a)), max_ticks=ticks)
+    return stats, sent, clock
+
+
+# --------------------------------------------------------------------------- scheduling math
+def test_stale_actions_dropped_and_due_times():
+    s = ActionScheduler(action_dim=A)
+    chunk = np.arange(N * A, dtype=float).reshape(N, A)
+    assert s.add_chunk(chunk, obs_tick=10, current_tick=13, seq=1) == 3  # actions due at ticks 10, 11, 12
+    stored = s.chunks[0]
+    assert stored.first_tick == 13 and len(stored.actions) == N - 3
+    np.testing.assert_allclose(stored.due_times(t0=1.0, dt=0.1), 1.0 + 0.1 * np.arange(13, 18))
+    action, source, seq = s.action_at(13)
+    np.testing.assert_array_equal(action, chunk[3])
+    assert (source, seq) == ("chunk", 1)
+    # a chunk entirely in the past is dropped whole
+    assert s.add_chunk(chunk, obs_tick=0, current_tick=8, seq=2) == N
+    assert all(c.seq != 2 for c in s.chunks)
+    # after the chunk ends the last action is held
+    action, source, _ = s.action_at(18)
+    np.testing.assert_array_equal(action, chunk[3])
+    assert source == "hold"
+    with pytest.raises(ValueError, match="before its observation"):
+        s.add_chunk(chunk, obs_tick=5, current_tick=4, seq=3)
+    with pytest.raises(ValueError, match=r"shape \(n_action_steps, 2\)"):
+        s.add_chunk(np.zeros((N, 3)), obs_tick=5, current_tick=5, seq=3)
+
+
+def test_newest_chunk_wins_without_ensembling():
+    s = ActionScheduler(action_dim=1)
+    s.add_chunk(np.zeros((N, 1)), 0, 0, seq=0)
+    s.add_chunk(np.ones((N, 1)), 2, 3, seq=1)
+    assert s.action_at(2)[0][0] == 0.0  # only the old chunk covers tick 2
+    assert s.action_at(3)[0][0] == 1.0
+
+
+def test_timed_chunk_end():
+    assert TimedChunk(np.zeros((5, 2)), first_tick=3, seq=0).end_tick == 8
+
+
+# --------------------------------------------------------------------------- ensembling
+def test_ensemble_weights_follow_act_convention():
+    w = ensemble_weights(3, 0.5)
+    want = np.exp(-0.5 * np.arange(3))
+    np.testing.assert_allclose(w, want / want.sum())
+    assert w[0] > w[1] > w[2]  # oldest first, k > 0 favours the oldest
+    np.testing.assert_allclose(ensemble_weights(4, 0.0), 0.25)
+    assert ensemble_weights(3, -1.0)[-1] > 0.6  # k < 0 favours the newest
+    big = ensemble_weights(5, 1000.0)  # no overflow
+    assert np.isfinite(big).all() and big[0] == pytest.approx(1.0)
+    assert ensemble_weights(1, 3.0).tolist() == [1.0]
+    with pytest.raises(ValueError):
+        ensemble_weights(0, 0.1)
+
+
+def test_scheduler_ensembles_overlapping_chunks_oldest_first():
+    k = 0.7
+    s = ActionScheduler(action_dim=1, ensemble_k=k)
+    s.add_chunk(np.full((N, 1), 10.0), 0, 0, seq=0)
+    s.add_chunk(np.full((N, 1), 20.0), 1, 1, seq=1)
+    s.add_chunk(np.full((N, 1), 40.0), 2, 2, seq=2)
+    w = np.exp(-k * np.arange(3))
+    w /= w.sum()
+    action, source, seq = s.action_at(2)
+    assert source == "ensemble" and seq == 2
+    assert action[0] == pytest.approx(w @ [10.0, 20.0, 40.0])
+    # tick 8: the first chunk has ended, two chunks vote
+    w2 = np.exp(-k * np.arange(2))
+    assert s.action_at(8)[0][0] == pytest.approx((w2 / w2.sum()) @ [20.0, 40.0])
+
+
+# --------------------------------------------------------------------------- the loop on a fake clock
+def test_fast_policy_replans_on_time_and_drops_only_action_zero():
+    stats, sent, clock = run_fake(latency_s=0.01, ticks=12, replan_every=4)
+    assert sent == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3)]
+    assert stats.stale_dropped == 2 and stats.deadline_misses == 0
+    assert stats.fallback_previous == stats.fallback_hold == stats.hold_actions == 0
+    np.testing.assert_allclose(stats.sent_times, 0.1 * np.arange(12), atol=1e-12)
+    np.testing.assert_allclose(stats.inference_latency, [0.01, 0.01])
+
+
+def test_deadline_miss_falls_back_to_the_previous_chunk():
+    # 0.35 s = 3.5 ticks: each chunk arrives 4 ticks after its observation
+    stats, sent, _ = run_fake(latency_s=0.35, ticks=13, replan_every=4)
+    assert sent == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (0, 6), (0, 7),
+                    (1, 4), (1, 5), (1, 6), (1, 7), (2, 4)]
+    assert stats.deadline_misses == 2
+    assert stats.stale_dropped == 8  # actions 0..3 of chunks 1 and 2
+    assert stats.fallback_previous == 6  # ticks 5-7 and 9-11: overdue, the older chunk continues
+    assert stats.fallback_hold == 0
+
+
+def test_previous_chunk_exhausted_holds_the_last_action_and_a_whole_late_chunk_is_dropped():
+    stats, sent, _ = run_fake(latency_s=1.0, ticks=15, replan_every=4)
+    assert sent[:8] == [(0, i) for i in range(8)]
+    assert sent[8:] == [(0, 7)] * 7  # held from tick 8; the chunk arriving at tick 14 is all stale
+    assert stats.fallback_previous == 3 and stats.fallback_hold == 6 and stats.hold_actions == 7
+    assert stats.chunks_dropped_whole == 1 and stats.stale_dropped == N and stats.deadline_misses == 1
+
+
+def test_longer_deadline_is_not_a_miss():
+    stats, _, _ = run_fake(latency_s=0.35, ticks=13, replan_every=4, deadline_s=0.4)
+    assert stats.deadline_misses == 0 and stats.fallback_previous == 0
+
+
+def test_overrun_skips_missed_ticks():
+    clock = FakeClock()
+    reads = []
+
+    def get_obs():
+        reads.append(clock.now())
+        if len(reads) == 4:  # the read at tick 3 stalls for 0.25 s
+            clock.advance(0.25)
+        return np.zeros(D)
+
+    ctrl = RealTimeController(CountingPolicy(), TO, D, N, A, ControllerConfig(control_hz=10.0), clock=clock,
+                              worker=lambda f, n, a, c: InlineInference(f, n, a, c, latency=lambda r: 0.0))
+    stats = ctrl.run(get_obs, lambda a: None, max_ticks=8)
+    assert stats.overrun_ticks == 1  # tick 4 (due 0.4) is skipped; tick 5 (due 0.5) runs at 0.55
+    assert stats.ticks == 7
+    assert stats.wake_lateness[4] == pytest.approx(0.05)
+
+
+def test_bad_observations_and_failing_policy_stop_the_loop():
+    ctrl = RealTimeController(CountingPolicy(), TO, D, N, A, ControllerConfig(control_hz=10.0), clock=FakeClock(),
+                              worker=lambda f, n, a, c: InlineInference(f, n, a, c, latency=lambda r: 0.0))
+    obs = iter([np.zeros(D), np.zeros(D), np.array([0.0, np.nan, 0.0])])
+    with pytest.raises(ValueError, match=r"NaN or inf at indices \[1\]"):
+        ctrl.run(lambda: next(obs), lambda a: None, max_ticks=5)
+    with pytest.raises(ValueError, match=r"shape \(3,\), got \(4,\)"):
+        ctrl.run(lambda: np.zeros(4), lambda a: None, max_ticks=5)
+    with pytest.raises(ValueError, match="never ends"):
+        ctrl.run(lambda: np.zeros(D), lambda a: None)
+
+    def broken(obs):
+        return np.zeros((1, N, A + 1))
+
+    ctrl.infer = broken
+    with pytest.raises(ValueError, match=r"expected \(1, n_action_steps, action_dim\) = \(1, 8, 2\)"):
+        ctrl.run(lambda: np.zeros(D), lambda a: None, max_ticks=3)
+
+
+def test_observation_history_pads_with_the_first_observation():
+    h = ObservationHistory(3, 2)
+    h.push([1.0, 1.0])
+    h.push([2.0, 2.0])
+    np.testing.assert_array_equal(h.array()[0, :, 0], [1.0, 1.0, 2.0])
+    h.reset([5.0, 5.0])
+    np.testing.assert_array_equal(h.array()[0, :, 0], [5.0, 5.0, 5.0])
+
+
+# --------------------------------------------------------------------------- step budget
+LAT = {1: 0.012, 2: 0.022, 4: 0.041, 8: 0.083, 16: 0.165, 32: 0.33}
+
+
+def test_choose_steps_picks_the_largest_that_fits():
+    assert choose_steps(LAT, budget_s=0.1, margin_s=0.01) == 8
+    assert choose_steps(LAT, budget_s=0.1, margin_s=0.02) == 4
+    assert choose_steps(LAT, budget_s=1.0) == 32
+    assert choose_steps({1: 0.1, 2: 0.05}, budget_s=0.07) == 2  # not assumed monotonic
+    with pytest.raises(ValueError, match="fastest, 1 step"):
+        choose_steps(LAT, budget_s=0.01)
+
+
+def test_measure_and_auto_steps_on_a_fake_clock():
+    clock = FakeClock()
+    made = []
+
+    def make_infer(s):
+        made.append(s)
+
+        def infer(obs):
+            clock.advance(LAT[s] if s in LAT else 10.0)
+            return np.zeros((1, N, A))
+        return infer
+
+    table = measure_step_latencies(make_infer, np.zeros((1, TO, D)), steps=(4, 1, 2), iters=5, clock=clock)
+    assert sorted(table) == [1, 2, 4] and table[2]["q_s"] == pytest.approx(0.022)
+    made.clear()
+    steps, table = auto_steps(make_infer, np.zeros((1, TO, D)), deadline_s=0.1, margin_s=0.01, clock=clock, iters=3)
+    assert steps == 8
+    assert made == [1, 2, 4, 8, 16]  # stops after the first count over budget; 32..128 never measured
+
+
+# --------------------------------------------------------------------------- real threads, real clock
+def test_real_clock_never_wakes_early():
+    clock = RealClock(spin_s=0.002)
+    for wait in (0.0, 0.003, 0.015):
+        target = clock.now() + wait
+        clock.sleep_until(target)
+        assert clock.now() >= target
+
+
+def test_slow_policy_in_a_thread_never_blocks_the_loop():
+    policy = CountingPolicy(sleep_s=0.15)  # 7.5 periods at 50 Hz
+    ctrl = RealTimeController(policy, TO, D, N, A, ControllerConfig(control_hz=50.0, replan_every=4))
+    sent = []
+    stats = ctrl.run(lambda: np.zeros(D), lambda a: sent.append(tuple(a)), max_ticks=30)
+    assert stats.ticks + stats.overrun_ticks == 30
+    periods = np.diff(stats.sent_times)
+    assert periods.max() < 0.1, periods.max()  # a loop waiting for the 0.15 s policy would show >= 0.15 s gaps
+    assert stats.deadline_misses >= 1 and stats.fallback_previous + stats.fallback_hold >= 5
+    assert sent[:4] == [(0, 0), (0, 1), (0, 2), (0, 3)]
+
+
+def test_short_run_with_a_fast_fake_env():
+    """A 1-D point that moves to the commanded target: the loop feeds observations and applies
+    every action in order at the requested rate."""
+    state = {"x": 0.0}
+    lock = threading.Lock()
+    applied = []
+
+    def get_obs():
+        with lock:
+            return np.array([state["x"], 0.0, 1.0])
+
+    def send(a):
+        with lock:
+            state["x"] = float(a[0])
+        applied.append(a.copy())
+
+    def policy(obs):  # walk right by 1 per tick; the observation holds the previous tick's action
+        x = obs[0, -1, 0]
+        return np.stack([x + 1 + np.arange(N, dtype=float), np.zeros(N)], -1)[None]
+
+    ctrl = RealTimeController(policy, TO, D, N, A, ControllerConfig(control_hz=100.0, replan_every=2))
+    stats = ctrl.run(get_obs, send, duration_s=0.3)
+    assert stats.ticks + stats.overrun_ticks == 30 and stats.chunks_received >= 5
+    xs = np.array([a[0] for a in applied])
+    assert np.all(np.diff(xs) >= 0) and xs[-1] > 10  # moving right
+    s = stats.summary(0.01)
+    assert s["achieved_hz"] is not None and 50 < s["achieved_hz"] < 150
+    assert s["inference_ms_p50"] is not None
