@@ -104,6 +104,23 @@ def evaluate_row(name: str, make_infer: Callable[[int], Callable], policy_cfg, a
     }
 
 
+def steps_table(rows: dict[str, dict], sampler: str) -> dict[str, dict]:
+    """The benchmarks-format ``steps`` view of the ``sampler`` rows: network calls per chunk ->
+    score, success, inference latency in the loop and the deadline figures (an explicit step count
+    wins over an ``auto`` row that chose the same count)."""
+    out: dict[str, dict] = {}
+    for name, r in sorted(rows.items(), key=lambda kv: "auto" in kv[0], reverse=True):
+        if r["sampler"] != sampler:
+            continue
+        c = r["control"]
+        out[str(r["steps"])] = {
+            "score": r["score"], "success": r["success"], "score_sem": r["score_sem"],
+            "latency_ms_p50": c["inference_ms_p50"], "latency_ms_p99": c["inference_ms_p99"],
+            "deadline_misses": c["deadline_misses"], "requests": c["requests"],
+            "fallback_share": c["fallback_share"], "hold_share": c["hold_share"], "row": name}
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="shortcut checkpoint")
@@ -192,6 +209,7 @@ def main() -> None:
             out["rows"][name] = {"steps": steps, "sampler": sampler, "backend": "eager",
                                  **evaluate_row(name, eager_infer(dp, steps), dp.cfg, args, config, env)}
     env.close()
+    out["steps"] = steps_table(out["rows"], cfg.objective.kind)
     print(f"{'row':>18} {'score':>6} {'succ':>5} {'misses':>6} {'stale':>6} {'fallback':>8} {'hold%':>6} {'Hz':>6}")
     for name, r in out["rows"].items():
         c = r["control"]

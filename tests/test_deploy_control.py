@@ -269,3 +269,24 @@ def test_short_run_with_a_fast_fake_env():
     s = stats.summary(0.01)
     assert s["achieved_hz"] is not None and 50 < s["achieved_hz"] < 150
     assert s["inference_ms_p50"] is not None
+
+
+def test_deploy_sim_steps_table_prefers_explicit_rows_and_skips_baselines():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("deploy_sim", Path(__file__).parents[1] / "scripts" / "deploy_sim.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def row(steps, sampler, score, misses):
+        return {"steps": steps, "sampler": sampler, "score": score, "success": 0.0, "score_sem": 0.1,
+                "control": {"inference_ms_p50": 1.0, "inference_ms_p99": 2.0, "deadline_misses": misses,
+                            "requests": 10, "fallback_share": 0.0, "hold_share": 0.0}}
+
+    rows = {"shortcut@auto(2)": row(2, "shortcut", 0.1, 1), "shortcut@16": row(16, "shortcut", 0.3, 9),
+            "shortcut@2": row(2, "shortcut", 0.2, 0), "ddpm@100": row(100, "ddpm", 0.4, 10)}
+    table = mod.steps_table(rows, "shortcut")
+    assert list(table) == ["2", "16"]
+    assert table["2"]["row"] == "shortcut@2" and table["2"]["score"] == 0.2
+    assert table["16"]["deadline_misses"] == 9 and table["16"]["latency_ms_p99"] == 2.0
