@@ -34,7 +34,7 @@ from shortcut_policy.deploy.export import ChunkGraph, export_policy, verify_expo
 from shortcut_policy.deploy.runtime import ExportedPolicy
 from shortcut_policy.eval.latency import measure_latency
 from shortcut_policy.train.run import load_policy
-from shortcut_policy.utils import provenance
+from shortcut_policy.utils import provenance, write_result
 
 
 def timed(fn: Callable[[], object], args: argparse.Namespace, n_action_steps: int) -> dict[str, Any]:
@@ -176,9 +176,7 @@ def main() -> None:
     out["control_rate_hz"] = rates
     print(json.dumps({k: out[k] for k in ("overhead_ratio", "export_speedup", "onnx_speedup")}, indent=1))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {args.out}")
+        write_result(args.out, out)
 
 
 if __name__ == "__main__":

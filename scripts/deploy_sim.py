@@ -22,7 +22,6 @@ PushT evaluation here); score = mean best reward, success = coverage > 0.95 reac
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 from envs.pusht import PushTKeypointsEnv
 from shortcut_policy.deploy.control import ControllerConfig, ControlStats, RealTimeController, auto_steps
 from shortcut_policy.train.run import load_policy
-from shortcut_policy.utils import provenance
+from shortcut_policy.utils import provenance, write_result
 
 
 def run_episode(env: PushTKeypointsEnv, infer: Callable[[np.ndarray], np.ndarray], policy_cfg, seed: int,
@@ -217,9 +216,7 @@ def main() -> None:
               f"{c['fallback_previous'] + c['fallback_hold']:8d} {100 * c['hold_share']:6.1f} "
               f"{c['achieved_hz_mean'] or float('nan'):6.2f}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {args.out}")
+        write_result(args.out, out)
 
 
 if __name__ == "__main__":

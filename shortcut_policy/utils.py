@@ -34,3 +34,14 @@ def today() -> str:
 
 def provenance() -> dict[str, str]:
     return {"command": command_line(), "machine": machine_description(), "date": today()}
+
+
+def write_result(path: str | os.PathLike, doc: dict) -> None:
+    """Write a results JSON (parents created) and say where; the one format of docs/results."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from shortcut_policy.core.embeddings import TimeStepEmbedding
-from shortcut_policy.nets.transformer import AdaLNBlock, modulate, xavier_linear_init
+from shortcut_policy.nets.transformer import AdaLNBlock, modulate, xavier_linear_init, zero_init_adaln
 
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
@@ -108,12 +108,7 @@ class DiT(nn.Module):
         # a 1200-step MNIST run with it reached class-embedding norms of 0.6-0.9 and chance-level accuracy.
         nn.init.normal_(self.class_emb.weight, std=self.class_embed_std)
         # adaLN-Zero: each block starts as the identity and the output is zero
-        for block in self.blocks:
-            nn.init.zeros_(block.ada[-1].weight)
-            nn.init.zeros_(block.ada[-1].bias)
-        for layer in (self.ada_final[-1], self.head):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        zero_init_adaln(self.blocks, self.ada_final, self.head)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, C p p), tokens in row-major patch order."""

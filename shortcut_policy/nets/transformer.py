@@ -50,6 +50,16 @@ def xavier_linear_init(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
+def zero_init_adaln(blocks: nn.ModuleList, ada_final: nn.Sequential, head: nn.Linear) -> None:
+    """adaLN-Zero: every block starts as the identity (zero modulation) and the head outputs zero."""
+    for block in blocks:
+        nn.init.zeros_(block.ada[-1].weight)
+        nn.init.zeros_(block.ada[-1].bias)
+    for layer in (ada_final[-1], head):
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+
+
 class AdaLNBlock(nn.Module):
     """Self-attention, cross-attention (if there is a condition) and MLP, each gated by adaLN-Zero.
 
@@ -148,12 +158,7 @@ class ActionTransformer(nn.Module):
         if self.cond_dim > 0:
             nn.init.normal_(self.cond_pos_emb, std=0.02)
         # adaLN-Zero: every block starts as the identity and the head outputs zero
-        for block in self.blocks:
-            nn.init.zeros_(block.ada[-1].weight)
-            nn.init.zeros_(block.ada[-1].bias)
-        for layer in (self.ada_final[-1], self.head):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        zero_init_adaln(self.blocks, self.ada_final, self.head)
 
     def _cond_tokens(self, cond: torch.Tensor | None, B: int) -> torch.Tensor | None:
         """cond: (B, cond_dim) or (B, S, cond_dim) or None -> (B, S, cond_dim) or None, checked."""
