@@ -22,6 +22,24 @@ from shortcut_policy.train.run import load_policy, make_runner_for, training_com
 from shortcut_policy.utils import provenance
 
 
+def merge_results(old: dict, new: dict) -> dict:
+    """``old`` with ``new``'s step entries added (replacing the same step counts).
+
+    Refuses files of another checkpoint, training step, weights or seed range: their rows would not
+    be comparable. The original command stays in ``command``; each merge is listed under ``merges``.
+    """
+    for key in ("task", "method", "checkpoint", "train_steps", "weights", "episodes", "seeds"):
+        if old.get(key) != new.get(key):
+            raise SystemExit(f"--merge: {key} differs between the existing file ({old.get(key)!r}) and this "
+                             f"evaluation ({new.get(key)!r}); write to another --out")
+    merged = dict(old)
+    steps = {**old.get("steps", {}), **new["steps"]}
+    merged["steps"] = {k: steps[k] for k in sorted(steps, key=int)}
+    merged["merges"] = list(old.get("merges", [])) + [
+        {"command": new["command"], "machine": new["machine"], "date": new["date"], "steps": sorted(map(int, new["steps"]))}]
+    return merged
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
@@ -37,7 +55,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--videos", type=int, default=0, help="record this many episodes per step count")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="add these step counts to an existing --out file of the same checkpoint and seeds "
+                         "(entries for the same step count are replaced)")
     args = ap.parse_args()
+    if args.merge and not args.out:
+        raise SystemExit("--merge needs --out (the results file to add to)")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,7 +85,9 @@ def main() -> None:
               "checkpoint": str(args.checkpoint), "weights": args.weights,
               "objective": state_cfg["policy_config"]["objective"], "net": state_cfg["policy_config"]["net"],
               "torch_threads": torch.get_num_threads(), **res}
-    print(format_table(res))
+    if args.merge and Path(args.out).exists():
+        result = merge_results(json.loads(Path(args.out).read_text()), result)
+    print(format_table(result))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

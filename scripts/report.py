@@ -34,8 +34,9 @@ def main() -> None:
     runs = {}
     for f in files:
         d = json.loads(f.read_text())
-        if d.get("method") == "latency":  # scripts/latency.py output, a different layout
-            continue
+        steps = d.get("steps")
+        if d.get("method") == "latency" or not isinstance(steps, dict) or not all(str(k).isdigit() for k in steps):
+            continue  # latency, deployment, diagnostics and comparison files: other layouts
         runs[f.stem[len(args.task) + 1:]] = d
     if args.methods:
         runs = {m: runs[m] for m in args.methods if m in runs}

@@ -142,3 +142,6 @@ def test_tiny_pusht_train_then_evaluate(tmp_path):
     assert set(res["steps"]) == {"1", "2"} and res["episodes"] == 2
     r = res["steps"]["1"]
     assert 0.0 <= r["score"] <= 1.0 and r["latency_ms_p50"] > 0 and r["control_rate_hz"] > 0
+    # per-episode scores in seed order, consistent with the mean (the input of scripts/compare.py)
+    assert len(r["episode_scores"]) == 2
+    assert abs(sum(r["episode_scores"]) / 2 - r["score"]) < 1e-3

@@ -1,0 +1,63 @@
+"""Paired comparison of two policies evaluated on the same episode seeds.
+
+    python scripts/compare.py --a docs/results/pusht_lowdim-shortcut_long.json \\
+        --b docs/results/pusht_lowdim-flow_long.json --steps 1 2
+    # several training seeds per side: each side is averaged over its files episode by episode
+    python scripts/compare.py --a runs/s0.json runs/s1.json --b runs/f0.json runs/f1.json --names shortcut flow
+
+Prints, per step count, both means, the mean per-episode difference (a - b) with its standard error
+over episodes, the standard error over training seeds when each side has two or more, and how many
+episodes each side won. Needs results written with per-episode scores (scripts/eval.py; older files
+can be completed with ``--merge``). ``--out`` writes the rows as JSON with the command and machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from shortcut_policy.eval.compare import format_comparison, paired_difference
+from shortcut_policy.utils import provenance
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--a", nargs="+", required=True, help="results files of side a (one per training seed)")
+    ap.add_argument("--b", nargs="+", required=True, help="results files of side b")
+    ap.add_argument("--names", nargs=2, default=None, help="column names (default: the files' methods)")
+    ap.add_argument("--steps", type=int, nargs="+", default=None,
+                    help="step counts (default: every count present on both sides)")
+    ap.add_argument("--out", default=None, help="write the comparison as JSON")
+    args = ap.parse_args()
+
+    def load(paths):
+        out = []
+        for p in paths:
+            if not Path(p).exists():
+                raise SystemExit(f"no such results file: {p}")
+            out.append(json.loads(Path(p).read_text()))
+        return out
+
+    a, b = load(args.a), load(args.b)
+    names = args.names or [a[0].get("method", "a"), b[0].get("method", "b")]
+    if args.steps:
+        steps = args.steps
+    else:
+        common = set.intersection(*[set(r.get("steps", {})) for r in [*a, *b]])
+        steps = sorted(map(int, common))
+    if not steps:
+        raise SystemExit("the two sides share no step count")
+    try:
+        rows = [paired_difference(a, b, n) for n in steps]
+    except (KeyError, ValueError) as e:
+        raise SystemExit(str(e.args[0] if e.args else e))
+    print(format_comparison(rows, *names))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({**provenance(), "a": args.a, "b": args.b, "names": names,
+                                              "rows": rows}, indent=1))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Offline step-count diagnostics of one or more checkpoints on held-out demonstration windows.
+
+    python scripts/diagnose.py --checkpoints runs/L-shortcut/checkpoints/latest.pt runs/L-flow/checkpoints/latest.pt \\
+        --names shortcut flow --out docs/results/pusht_lowdim-diagnostics.json
+
+Per step count: distance to the 128-step sample of the same noise (how well N steps reproduce many),
+spread over noise draws, and distance to the demonstrated chunk (mean and best of K), in action
+units. No simulator; see shortcut_policy/eval/consistency.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from shortcut_policy.eval.consistency import format_diagnostics, pick_windows, step_diagnostics
+from shortcut_policy.train.run import load_policy, make_dataset
+from shortcut_policy.utils import provenance
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoints", nargs="+", required=True)
+    ap.add_argument("--names", nargs="+", default=None)
+    ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--ref-steps", type=int, default=128)
+    ap.add_argument("--windows", type=int, default=64, help="held-out windows (validation episodes)")
+    ap.add_argument("--noise", type=int, default=8, help="noise draws per window")
+    ap.add_argument("--split", choices=["val", "train"], default="val")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    if args.names and len(args.names) != len(args.checkpoints):
+        raise SystemExit(f"--names has {len(args.names)} entries for {len(args.checkpoints)} checkpoints")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    results, windows, task = {}, None, None
+    for i, ckpt in enumerate(args.checkpoints):
+        policy = load_policy(ckpt)
+        name = args.names[i] if args.names else f"{policy.cfg.objective.kind}:{ckpt}"
+        if policy.cfg.objective.kind not in ("shortcut", "flow"):
+            raise SystemExit(f"{ckpt}: diagnostics apply to flow/shortcut checkpoints, not {policy.cfg.objective.kind!r}")
+        this_task = policy.run_config["task"]
+        if windows is None:
+            task = this_task
+            ds = make_dataset(task)
+            windows = pick_windows(ds.get_validation_dataset() if args.split == "val" else ds, args.windows)
+        elif this_task.get("name") != task.get("name"):
+            raise SystemExit(f"{ckpt} is a {this_task.get('name')!r} policy; the first was {task.get('name')!r}")
+        results[name] = step_diagnostics(policy, windows, args.steps, args.ref_steps, args.noise)
+        results[name]["checkpoint"] = str(ckpt)
+        print(f"{name}: done", flush=True)
+    print(format_diagnostics(results))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({**provenance(), "task": task.get("name"), "split": args.split,
+                                              "results": results}, indent=1))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Offline step-count diagnostics (shortcut_policy.eval.consistency) on a policy with a known flow."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from shortcut_policy.eval.consistency import format_diagnostics, pick_windows, step_diagnostics
+from shortcut_policy.policy import ObjectiveConfig, PolicyConfig, ShortcutPolicy
+
+
+class Contract(nn.Module):
+    """Velocity -x: Euler with N steps maps x0 to x0 (1 - 1/N)^N, so each step count lands elsewhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))  # the policy reads its device from a parameter
+
+    def forward(self, x, t, d, cond):
+        return -x
+
+
+def policy_with(net: nn.Module) -> ShortcutPolicy:
+    cfg = PolicyConfig(obs_dim=3, action_dim=2, horizon=4, n_obs_steps=2, n_action_steps=2,
+                       objective=ObjectiveConfig(kind="flow"), net="unet1d",
+                       net_kwargs={"down_dims": [8, 16], "emb_dim": 16})
+    p = ShortcutPolicy(cfg)
+    g = torch.Generator().manual_seed(0)
+    p.normalizer.fit({"obs": torch.randn(50, 3, generator=g), "action": torch.rand(50, 2, generator=g) * 100})
+    p.net = net
+    return p
+
+
+def windows(n=5):
+    g = torch.Generator().manual_seed(1)
+    return [{"obs": torch.randn(6, 3, generator=g), "action": torch.rand(6, 2, generator=g) * 100} for _ in range(n)]
+
+
+def test_known_flow_gives_the_expected_distances():
+    p, ws, K = policy_with(Contract()), windows(), 4
+    res = step_diagnostics(p, ws, steps_list=[1, 2], ref_steps=8, n_noise=K, seed=3)
+    x0 = torch.randn((len(ws) * K, 4, 2), generator=torch.Generator().manual_seed(3))
+    un = lambda x: p.normalizer.unnormalize("action", x).reshape(len(ws), K, 4, 2)  # noqa: E731
+    ref = un(x0 * (1 - 1 / 8) ** 8)
+    one = un(torch.zeros_like(x0))  # one Euler step of -x from x0 lands exactly on 0
+    two = un(x0 * 0.25)
+    r = res["steps"]
+    assert r["1"]["to_ref"] == pytest.approx(float(((one - ref) ** 2).mean().sqrt()), rel=1e-5)
+    assert r["2"]["to_ref"] == pytest.approx(float(((two - ref) ** 2).mean().sqrt()), rel=1e-5)
+    assert r["8"]["to_ref"] == 0.0
+    assert r["1"]["spread"] == pytest.approx(0.0, abs=1e-4)  # every noise collapses to one chunk
+    assert r["2"]["spread"] < r["8"]["spread"]
+    demo = torch.stack([w["action"][:4] for w in ws])[:, None]
+    assert r["2"]["to_demo"] == pytest.approx(float(((two - demo) ** 2).mean().sqrt()), rel=1e-5)
+    assert r["2"]["to_demo_best"] <= r["2"]["to_demo"]
+    assert "| m | 1 |" in format_diagnostics({"m": res})
+
+
+def test_bad_input_is_named():
+    p = policy_with(Contract())
+    with pytest.raises(ValueError, match="at least one"):
+        step_diagnostics(p, [], [1])
+    with pytest.raises(ValueError, match="n_noise"):
+        step_diagnostics(p, windows(), [1], n_noise=1)
+
+    class Nan(Contract):
+        def forward(self, x, t, d, cond):
+            return torch.full_like(x, float("nan"))
+
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        step_diagnostics(policy_with(Nan()), windows(), [1], ref_steps=2)
+    with pytest.raises(ValueError, match="no windows"):
+        pick_windows([], 3)
+    assert len(pick_windows(list(range(10)), 4)) == 4 and len(pick_windows(list(range(3)), 9)) == 3
