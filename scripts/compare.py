@@ -54,8 +54,10 @@ def main() -> None:
     print(format_comparison(rows, *names))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({**provenance(), "a": args.a, "b": args.b, "names": names,
-                                              "rows": rows}, indent=1))
+        Path(args.out).write_text(json.dumps({
+            "task": a[0].get("task"), "method": f"compare:{names[0]}-vs-{names[1]}", **provenance(),
+            "a": args.a, "b": args.b, "names": names, "episodes": rows[0]["episodes"], "seeds": a[0].get("seeds"),
+            "steps": {str(r["steps"]): r for r in rows}}, indent=1))
         print(f"wrote {args.out}")
 
 

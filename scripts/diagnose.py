@@ -56,8 +56,13 @@ def main() -> None:
     print(format_diagnostics(results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({**provenance(), "task": task.get("name"), "split": args.split,
-                                              "results": results}, indent=1))
+        # results format (docs/results): step counts as keys, one entry per checkpoint under each
+        steps = sorted({int(n) for r in results.values() for n in r["steps"]})
+        Path(args.out).write_text(json.dumps({
+            "task": task.get("name"), "method": "diagnostics", **provenance(), "split": args.split,
+            "windows": args.windows, "n_noise": args.noise, "ref_steps": args.ref_steps,
+            "checkpoints": {name: r["checkpoint"] for name, r in results.items()},
+            "steps": {str(n): {name: r["steps"][str(n)] for name, r in results.items()} for n in steps}}, indent=1))
         print(f"wrote {args.out}")
 
 

@@ -35,7 +35,8 @@ def main() -> None:
     for f in files:
         d = json.loads(f.read_text())
         steps = d.get("steps")
-        if d.get("method") == "latency" or not isinstance(steps, dict) or not all(str(k).isdigit() for k in steps):
+        if (d.get("method") == "latency" or not isinstance(steps, dict)
+                or not all(str(k).isdigit() and "score" in v for k, v in steps.items())):
             continue  # latency, deployment, diagnostics and comparison files: other layouts
         runs[f.stem[len(args.task) + 1:]] = d
     if args.methods:

@@ -82,8 +82,10 @@ def test_compare_script(tmp_path):
                         "--out", str(out)], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stderr
     assert "| steps | shortcut | flow |" in p.stdout and "+0.167" in p.stdout
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["steps"] for r in rows] == [1]  # only the step count both sides have
+    written = json.loads(out.read_text())
+    assert list(written["steps"]) == ["1"]  # only the step count both sides have
+    assert written["task"] == "pusht_lowdim" and written["method"] == "compare:shortcut-vs-flow"
+    assert written["steps"]["1"]["diff"] == pytest.approx(1 / 6)
     bad = subprocess.run([sys.executable, str(REPO / "scripts/compare.py"), "--a", str(fa), "--b",
                           str(tmp_path / "missing.json")], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode != 0 and "no such results file" in bad.stderr

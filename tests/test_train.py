@@ -3,6 +3,7 @@ and a tiny PushT train-then-evaluate run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +146,21 @@ def test_tiny_pusht_train_then_evaluate(tmp_path):
     # per-episode scores in seed order, consistent with the mean (the input of scripts/compare.py)
     assert len(r["episode_scores"]) == 2
     assert abs(sum(r["episode_scores"]) / 2 - r["score"]) < 1e-3
+
+    # offline diagnostics of the same checkpoint, written in the results format
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("diagnose", Path(__file__).resolve().parents[1] / "scripts/diagnose.py")
+    diagnose = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagnose)
+    out = tmp_path / "diag.json"
+    argv, sys.argv = sys.argv, ["diagnose.py", "--checkpoints", str(out_dir / "checkpoints/latest.pt"), "--names", "tiny",
+                                "--steps", "1", "--ref-steps", "4", "--windows", "3", "--noise", "2", "--out", str(out)]
+    try:
+        diagnose.main()
+    finally:
+        sys.argv = argv
+    d = json.loads(out.read_text())
+    assert d["task"] == "pusht_lowdim" and d["method"] == "diagnostics" and list(d["steps"]) == ["1", "4"]
+    assert d["steps"]["4"]["tiny"]["to_ref"] == 0.0 and d["steps"]["1"]["tiny"]["spread"] >= 0.0
