@@ -1,9 +1,10 @@
 """Compare two policies (or two groups of training seeds) evaluated on the same episode seeds.
 
 Two means of 50 closed-loop episodes each carry a standard error of about 0.02-0.03, so a gap of
-0.03 between two separately quoted means says little. Evaluated on the *same* seeds, most of an
-episode's difficulty is shared by both policies, and the per-episode differences are far less noisy
-than the two means. This module computes that paired difference from the ``episode_scores`` stored
+0.03 between two separately quoted means says little. Evaluated on the *same* seeds, the difficulty
+an episode's start shares between both policies cancels in the per-episode difference; how much
+that helps depends on how much of the noise is the start rather than the policies' own sampling
+(on PushT at one call, little). This module computes that paired difference from the ``episode_scores`` stored
 by :func:`shortcut_policy.eval.sweep.sweep`, and, when each side has several training seeds, the
 spread between training seeds as well (the noise a single training run cannot show).
 """

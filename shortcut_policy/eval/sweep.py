@@ -37,7 +37,7 @@ def sweep(policy, runner, steps_list: Sequence[int] = DEFAULT_STEPS, latency_ite
             "latency_ms_p50": round(lat["p50_ms"], 3), "latency_ms_p99": round(lat["p99_ms"], 3),
             "control_rate_hz": round(policy.cfg.n_action_steps / (lat["p50_ms"] / 1e3), 1),
             # per-episode scores in seed order: lets two policies evaluated on the same seeds be
-            # compared pair by pair (scripts/compare.py), which is much less noisy than two means
+            # compared pair by pair (scripts/compare.py), with the standard error of the difference
             "episode_scores": [round(float(x), 4) for x in res.scores],
         }
         if progress:
