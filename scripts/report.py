@@ -40,7 +40,11 @@ def main() -> None:
             continue  # latency, deployment, diagnostics and comparison files: other layouts
         runs[f.stem[len(args.task) + 1:]] = d
     if args.methods:
-        runs = {m: runs[m] for m in args.methods if m in runs}
+        missing = [m for m in args.methods if m not in runs]
+        if missing:
+            raise SystemExit(f"no step-count results for {missing} in {args.results} (expected "
+                             f"{args.task}-<method>.json written by scripts/eval.py)")
+        runs = {m: runs[m] for m in args.methods}
     if not runs:
         raise SystemExit(f"no results for task {args.task!r} in {args.results}")
     steps = sorted({int(s) for d in runs.values() for s in d["steps"]})
