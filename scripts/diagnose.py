@@ -6,6 +6,9 @@
 Per step count: distance to the 128-step sample of the same noise (how well N steps reproduce many),
 spread over noise draws, and distance to the demonstrated chunk (mean and best of K), in action
 units. No simulator; see shortcut_policy/eval/consistency.py.
+
+``--target-range 4`` also counts, per consistency level, how often each checkpoint's own
+two-half-jump targets leave [-4, 4] (what ``objective.clip=4`` would touch).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from shortcut_policy.eval.consistency import format_diagnostics, pick_windows, step_diagnostics
+from shortcut_policy.eval.consistency import format_diagnostics, pick_windows, step_diagnostics, target_range
 from shortcut_policy.train.run import load_policy, make_dataset
 from shortcut_policy.utils import provenance
 
@@ -29,6 +32,8 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=64, help="held-out windows (validation episodes)")
     ap.add_argument("--noise", type=int, default=8, help="noise draws per window")
     ap.add_argument("--split", choices=["val", "train"], default="val")
+    ap.add_argument("--target-range", type=float, default=None, metavar="C",
+                    help="also measure how often consistency targets leave [-C, C] (what objective.clip=C touches)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -37,7 +42,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    results, windows, task = {}, None, None
+    results, ranges, windows, task = {}, {}, None, None
     for i, ckpt in enumerate(args.checkpoints):
         policy = load_policy(ckpt)
         name = args.names[i] if args.names else f"{policy.cfg.objective.kind}:{ckpt}"
@@ -52,8 +57,15 @@ def main() -> None:
             raise SystemExit(f"{ckpt} is a {this_task.get('name')!r} policy; the first was {task.get('name')!r}")
         results[name] = step_diagnostics(policy, windows, args.steps, args.ref_steps, args.noise)
         results[name]["checkpoint"] = str(ckpt)
+        if args.target_range is not None:
+            ranges[name] = target_range(policy, windows, args.target_range, args.noise)
         print(f"{name}: done", flush=True)
     print(format_diagnostics(results))
+    for name, r in ranges.items():
+        print(f"{name}: flow targets beyond {r['threshold']:g}: {r['flow_target_beyond']:.2e}; consistency targets / "
+              "midpoints beyond, per level 2d: " + ", ".join(
+                  f"{lv} {v['target_beyond']:.2e}/{v['mid_beyond']:.2e} (max {v['target_max']:.2f})"
+                  for lv, v in r["levels"].items()))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         # results format (docs/results): step counts as keys, one entry per checkpoint under each
@@ -62,7 +74,8 @@ def main() -> None:
             "task": task.get("name"), "method": "diagnostics", **provenance(), "split": args.split,
             "windows": args.windows, "n_noise": args.noise, "ref_steps": args.ref_steps,
             "checkpoints": {name: r["checkpoint"] for name, r in results.items()},
-            "steps": {str(n): {name: r["steps"][str(n)] for name, r in results.items()} for n in steps}}, indent=1))
+            "steps": {str(n): {name: r["steps"][str(n)] for name, r in results.items()} for n in steps},
+            **({"target_range": ranges} if ranges else {})}, indent=1))
         print(f"wrote {args.out}")
 
 

@@ -28,10 +28,12 @@ def merge_results(old: dict, new: dict) -> dict:
     Refuses files of another checkpoint, training step, weights or seed range: their rows would not
     be comparable. The original command stays in ``command``; each merge is listed under ``merges``.
     """
-    for key in ("task", "method", "checkpoint", "train_steps", "weights", "episodes", "seeds"):
-        if old.get(key) != new.get(key):
-            raise SystemExit(f"--merge: {key} differs between the existing file ({old.get(key)!r}) and this "
-                             f"evaluation ({new.get(key)!r}); write to another --out")
+    default = {"noise_scale": 1.0}  # files written before the option sampled at scale 1
+    for key in ("task", "method", "checkpoint", "train_steps", "weights", "episodes", "seeds", "noise_scale"):
+        a, b = old.get(key, default.get(key)), new.get(key, default.get(key))
+        if a != b:
+            raise SystemExit(f"--merge: {key} differs between the existing file ({a!r}) and this "
+                             f"evaluation ({b!r}); write to another --out")
     merged = dict(old)
     steps = {**old.get("steps", {}), **new["steps"]}
     merged["steps"] = {k: steps[k] for k in sorted(steps, key=int)}
@@ -49,6 +51,8 @@ def main() -> None:
     ap.add_argument("--seed-start", type=int, default=100000)
     ap.add_argument("--weights", choices=["ema", "online"], default="ema")
     ap.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="diffusion checkpoints only")
+    ap.add_argument("--noise-scale", type=float, default=1.0,
+                    help="initial-noise scale at inference (sampling temperature; 1 = as trained)")
     ap.add_argument("--method", default=None, help="name in the results file (default: the objective kind)")
     ap.add_argument("--out", default=None, help="results JSON path (plot written beside it)")
     ap.add_argument("--latency-iters", type=int, default=50)
@@ -65,6 +69,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = load_policy(args.checkpoint, weights=args.weights)
+    try:
+        policy.set_noise_scale(args.noise_scale)
+    except ValueError as e:
+        raise SystemExit(f"--noise-scale: {e}")
     ocfg = policy.cfg.objective
     if args.sampler:
         if ocfg.kind not in ("ddpm", "ddim"):
@@ -82,7 +90,7 @@ def main() -> None:
                 video_dir=video_dir, n_videos=args.videos)
     result = {"task": task["name"], "method": args.method or kind, **provenance(),
               "train_steps": policy.train_step, "train_command": training_command(args.checkpoint, state_cfg),
-              "checkpoint": str(args.checkpoint), "weights": args.weights,
+              "checkpoint": str(args.checkpoint), "weights": args.weights, "noise_scale": args.noise_scale,
               "objective": state_cfg["policy_config"]["objective"], "net": state_cfg["policy_config"]["net"],
               "torch_threads": torch.get_num_threads(), **res}
     if args.merge and Path(args.out).exists():

@@ -112,3 +112,7 @@ def test_merge_adds_step_counts_and_keeps_the_original_command():
     other = dict(new, checkpoint="runs/y/latest.pt")
     with pytest.raises(SystemExit, match="checkpoint differs"):
         merge(old, other)
+    # a file written before --noise-scale existed sampled at scale 1: it merges with 1, not with 0.5
+    assert merge(old, dict(new, noise_scale=1.0))["steps"]["1"]["score"] == pytest.approx(0.2)
+    with pytest.raises(SystemExit, match="noise_scale differs"):
+        merge(old, dict(new, noise_scale=0.5))

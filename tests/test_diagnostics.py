@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from shortcut_policy.eval.consistency import format_diagnostics, pick_windows, step_diagnostics
+from shortcut_policy.eval.consistency import format_diagnostics, pick_windows, step_diagnostics, target_range
 from shortcut_policy.policy import ObjectiveConfig, PolicyConfig, ShortcutPolicy
 
 
@@ -72,3 +72,26 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="no windows"):
         pick_windows([], 3)
     assert len(pick_windows(list(range(10)), 4)) == 4 and len(pick_windows(list(range(3)), 9)) == 3
+
+
+class Const(Contract):
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+
+    def forward(self, x, t, d, cond):
+        return torch.full_like(x, self.c)
+
+
+def test_target_range_counts_what_clipping_would_touch():
+    wide = target_range(policy_with(Const(5.0)), windows(), threshold=4.0, n_noise=16)
+    assert set(wide["levels"]) == {f"1/{2 ** j}" for j in range(7)}  # 2d = 1 .. 2/128
+    assert all(r["target_beyond"] == 1.0 and r["target_max"] == 5.0 for r in wide["levels"].values())
+    # level 2d = 1 starts at t = 0: x_mid = x0 + 2.5, beyond 4 with probability P(x0 > 1.5) + P(x0 < -6.5)
+    assert 0.03 < wide["levels"]["1/1"]["mid_beyond"] < 0.11
+    narrow = target_range(policy_with(Const(1.0)), windows(), threshold=4.0)
+    assert all(r["target_beyond"] == 0.0 for r in narrow["levels"].values())
+    # flow targets x1 - x0 (x1 normalized to [-1, 1]) are reported for scale, never 0 or 1 at |.| > 1
+    assert 0.2 < target_range(policy_with(Const(1.0)), windows(), threshold=1.0)["flow_target_beyond"] < 0.9
+    with pytest.raises(ValueError, match="threshold"):
+        target_range(policy_with(Const(1.0)), windows(), threshold=0)

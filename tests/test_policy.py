@@ -121,3 +121,32 @@ def test_bad_inputs_are_named():
         PolicyConfig(horizon=8, n_obs_steps=2, n_action_steps=8)
     with pytest.raises(ValueError, match="objective.kind"):
         ObjectiveConfig(kind="gan")
+
+
+def test_noise_scale_scales_the_initial_noise_only():
+    p = make_policy("shortcut").eval()
+    seen = []
+
+    class Identity(torch.nn.Module):  # velocity 0: the chunk is the initial noise, unnormalized
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, t, d, cond):
+            seen.append(x.clone())
+            return torch.zeros_like(x)
+
+    p.net = Identity()
+    obs = batch(B=3)["obs"][:, :2]
+    full = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(4))
+    p.set_noise_scale(0.5)
+    half = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(seen[1], seen[0] * 0.5)
+    mid = p.normalizer.unnormalize("action", torch.zeros(1, 1, 2))
+    torch.testing.assert_close(half - mid, (full - mid) * 0.5, atol=1e-3, rtol=1e-4)  # raw units ~500
+    p.set_noise_scale(0)
+    zero = p.predict_action_sequence(obs, steps=1)
+    torch.testing.assert_close(zero, mid.expand_as(zero))
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="noise_scale"):
+            p.set_noise_scale(bad)

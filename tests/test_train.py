@@ -64,6 +64,22 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, teacher):
     assert {"train/loss", "train/loss_flow", "train/loss_consistency", "val/loss"} <= set(lines[-1])
 
 
+def test_teacher_ema_warmup_follows_the_weights_early(tmp_path):
+    # 3 updates: constant 0.999 keeps the teacher at its initial weights (within 0.3%), the
+    # warm-up ramp (decays 0.41, 0.56, 0.65) moves it most of the way to the trained weights
+    dist = {}
+    for warm in (False, True):
+        torch.manual_seed(0)
+        p, ds, run = make(teacher="ema")
+        init = {k: v.clone() for k, v in p.state_dict().items()}
+        train(p, ds, tcfg(3, lr=1e-2), tmp_path / str(warm), run, teacher="ema", teacher_ema_warmup=warm)
+        teacher = load_checkpoint(tmp_path / f"{warm}/checkpoints/latest.pt")["teacher_ema"]["module"]
+        moved = sum((p.state_dict()[k] - init[k]).norm() for k in teacher if k.startswith("net."))
+        dist[warm] = sum((teacher[k] - init[k]).norm() for k in teacher if k.startswith("net.")) / moved
+    assert dist[False] < 0.01
+    assert dist[True] > 0.3
+
+
 def test_batch_order_is_a_function_of_seed_and_step():
     a = _batch_indices(40, 8, 7, seed=3)
     assert torch.equal(a, _batch_indices(40, 8, 7, seed=3))

@@ -62,6 +62,50 @@ def step_diagnostics(policy, windows: Sequence[dict[str, torch.Tensor]], steps_l
     return out
 
 
+@torch.no_grad()
+def target_range(policy, windows: Sequence[dict[str, torch.Tensor]], threshold: float = 4.0, n_noise: int = 8,
+                 seed: int = 0) -> dict[str, Any]:
+    """How often the consistency targets (and the teacher's midpoint) leave [-threshold, threshold].
+
+    What target clipping (``objective.clip``) would touch, measured instead of trained: for every
+    target level (2d = 2^-j) the policy's own network, as the online teacher, builds the two-half-jump
+    target from x_t on the training grid (windows x ``n_noise`` noise draws, normalized units). The
+    flow target x1 - x0 is reported for scale; clipping never touches it.
+    """
+    if not windows:
+        raise ValueError("target_range needs at least one dataset window")
+    if threshold <= 0:
+        raise ValueError(f"threshold must be positive, got {threshold}")
+    cfg, M = policy.cfg, policy.objective.max_steps
+    obs = torch.stack([w["obs"][:cfg.n_obs_steps] for w in windows]).float()  # (B, To, D)
+    demo = torch.stack([w["action"][:cfg.horizon] for w in windows]).float()  # (B, H, A)
+    policy.eval()
+    cond = policy._encode(policy._as_obs_dict(obs)).repeat_interleave(n_noise, dim=0)  # (B*K, C)
+    x1 = policy.normalizer.normalize("action", demo).repeat_interleave(n_noise, dim=0)  # (B*K, H, A)
+    n = x1.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(x1.shape, generator=g).to(x1)
+    out: dict[str, Any] = {"threshold": threshold, "samples": n,
+                           "flow_target_beyond": float(((x1 - x0).abs() > threshold).float().mean()), "levels": {}}
+    j = 0
+    while 2 ** j < M:  # target step 2d = 2^-j, half jump d = 2^-(j+1)
+        cells = 2 ** j
+        t = torch.randint(0, cells, (n,), generator=g).to(x1) / cells  # (n,)
+        dh = torch.full((n,), 0.5 / cells).to(x1)  # (n,)
+        x_t = (1 - t.view(-1, 1, 1)) * x0 + t.view(-1, 1, 1) * x1
+        v1 = policy.net(x_t, t, dh, cond)
+        x_mid = x_t + dh.view(-1, 1, 1) * v1
+        target = (v1 + policy.net(x_mid, t + dh, dh, cond)) / 2
+        if not torch.isfinite(target).all():
+            raise FloatingPointError(f"non-finite consistency target at level 2d = 1/{cells}")
+        out["levels"][f"1/{cells}"] = {
+            "target_beyond": float((target.abs() > threshold).float().mean()),
+            "mid_beyond": float((x_mid.abs() > threshold).float().mean()),
+            "target_max": float(target.abs().max())}
+        j += 1
+    return out
+
+
 def pick_windows(dataset, n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     """``n`` windows drawn without replacement (all if the dataset is smaller), reproducibly."""
     if len(dataset) == 0:

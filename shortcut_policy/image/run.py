@@ -51,7 +51,8 @@ def run_image_training(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     full = {**run, "image_model_config": mcfg.to_dict(), "train": dataclasses.asdict(train_cfg),
             "provenance": run.get("provenance") or provenance()}
     metrics = train(model, dataset, train_cfg, out_dir, full, teacher=mcfg.objective.teacher,
-                    teacher_ema_decay=mcfg.objective.teacher_ema_decay, resume=run.get("resume", True))
+                    teacher_ema_decay=mcfg.objective.teacher_ema_decay,
+                    teacher_ema_warmup=mcfg.objective.teacher_ema_warmup, resume=run.get("resume", True))
     return out_dir, metrics
 
 

@@ -27,6 +27,9 @@ class ObjectiveConfig:
     # teacher of the consistency targets: "online" (current weights, no-grad) or "ema"
     teacher: str = "online"
     teacher_ema_decay: float = 0.999
+    # EMA teacher only: ramp its decay up from 0 (power-0.75 warm-up, capped at teacher_ema_decay)
+    # instead of applying the full decay from the first update
+    teacher_ema_warmup: bool = False
     # diffusion baseline
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"

@@ -49,7 +49,20 @@ class ShortcutPolicy(nn.Module):
         self.net = make_action_net(cfg.net, **net_kwargs, **cfg.net_kwargs)
         self.objective = make_objective(cfg.objective)
         self.num_inference_steps = cfg.objective.default_steps
+        self.noise_scale = 1.0  # inference only: x0 ~ N(0, noise_scale^2); see set_noise_scale
         self.reset()
+
+    def set_noise_scale(self, scale: float) -> None:
+        """Scale of the initial noise at inference (a sampling temperature; training is unchanged).
+
+        1 samples the learned action distribution; below 1 draws chunks nearer the middle of it
+        (0: one deterministic chunk per observation). The network still sees the noise levels t it
+        was trained on, so this is a choice about which samples to take, not a change of model.
+        """
+        scale = float(scale)
+        if not (scale >= 0.0 and np.isfinite(scale)):
+            raise ValueError(f"noise_scale must be a finite number >= 0, got {scale}")
+        self.noise_scale = scale
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -110,7 +123,7 @@ class ShortcutPolicy(nn.Module):
         B = cond.shape[0]
         shape = (B, self.cfg.horizon, self.cfg.action_dim)
         x0 = torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
-        x0 = x0.to(self.device, cond.dtype)
+        x0 = x0.to(self.device, cond.dtype) * self.noise_scale
         steps = self.num_inference_steps if steps is None else int(steps)
         naction = self.objective.sample(self.net, x0, steps, cond, generator=generator)  # (B, H, A)
         return self.normalizer.unnormalize("action", naction)

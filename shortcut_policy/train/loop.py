@@ -113,7 +113,7 @@ def validation_loss(model, dataset: Dataset, batch_size: int, device: torch.devi
 
 def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | Path,
           run_config: dict[str, Any], teacher: str = "online", teacher_ema_decay: float = 0.999,
-          val_dataset: Dataset | None = None,
+          teacher_ema_warmup: bool = False, val_dataset: Dataset | None = None,
           evaluate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
           resume: bool = True) -> dict[str, Any]:
     """Train ``model`` for ``cfg.steps`` optimizer steps; returns the final metrics.
@@ -134,7 +134,7 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     ema = EMA(model, max_decay=cfg.ema_max_decay, power=cfg.ema_power)
-    teacher_ema = EMA(model, max_decay=teacher_ema_decay, warmup=False) if teacher == "ema" else None
+    teacher_ema = EMA(model, max_decay=teacher_ema_decay, warmup=teacher_ema_warmup) if teacher == "ema" else None
 
     start = 0
     if resume and ckpt_path.exists():

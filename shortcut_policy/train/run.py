@@ -86,6 +86,7 @@ def run_training(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
             "provenance": run.get("provenance") or provenance()}
     metrics = train(policy, dataset, train_cfg, out_dir, full, teacher=pcfg.objective.teacher,
                     teacher_ema_decay=pcfg.objective.teacher_ema_decay,
+                    teacher_ema_warmup=pcfg.objective.teacher_ema_warmup,
                     val_dataset=dataset.get_validation_dataset(), evaluate=evaluate,
                     resume=run.get("resume", True))
     return out_dir, metrics
