@@ -149,6 +149,13 @@ class ShortcutObjective:
     def consistency_target(self, teacher: VelocityFn, x_t: torch.Tensor, t: torch.Tensor, d_half: torch.Tensor,
                            cond: Any) -> torch.Tensor:
         """Average velocity of two half jumps of size d_half from (x_t, t): the target for s(x_t, t, 2 d_half)."""
+        return self.two_half_jumps(teacher, x_t, t, d_half, cond)[1]
+
+    @torch.no_grad()
+    def two_half_jumps(self, teacher: VelocityFn, x_t: torch.Tensor, t: torch.Tensor, d_half: torch.Tensor,
+                       cond: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's midpoint after the first half jump and the consistency target (both clipped
+        when ``clip`` is set)."""
         shape = (-1,) + (1,) * (x_t.ndim - 1)
         v1 = teacher(x_t, t, d_half, cond)  # (n, ...)
         x_mid = x_t + d_half.view(shape) * v1
@@ -158,7 +165,7 @@ class ShortcutObjective:
         target = (v1 + v2) / 2
         if self.clip is not None:
             target = target.clamp(-self.clip, self.clip)
-        return target
+        return x_mid, target
 
     # ------------------------------------------------------------------ sampling
     def sample(self, model: VelocityFn, x0: torch.Tensor, steps: int, cond: Any = None,

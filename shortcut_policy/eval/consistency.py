@@ -69,13 +69,16 @@ def target_range(policy, windows: Sequence[dict[str, torch.Tensor]], threshold: 
 
     What target clipping (``objective.clip``) would touch, measured instead of trained: for every
     target level (2d = 2^-j) the policy's own network, as the online teacher, builds the two-half-jump
-    target from x_t on the training grid (windows x ``n_noise`` noise draws, normalized units). The
+    target from x_t on the training grid (windows x ``n_noise`` noise draws, normalized units) with
+    the objective's own code, so a policy trained with ``clip`` set reports its clipped targets. The
     flow target x1 - x0 is reported for scale; clipping never touches it.
     """
     if not windows:
         raise ValueError("target_range needs at least one dataset window")
     if threshold <= 0:
         raise ValueError(f"threshold must be positive, got {threshold}")
+    if not hasattr(policy.objective, "two_half_jumps"):
+        raise ValueError(f"target_range applies to flow/shortcut policies, not {policy.cfg.objective.kind!r}")
     cfg, M = policy.cfg, policy.objective.max_steps
     obs = torch.stack([w["obs"][:cfg.n_obs_steps] for w in windows]).float()  # (B, To, D)
     demo = torch.stack([w["action"][:cfg.horizon] for w in windows]).float()  # (B, H, A)
@@ -93,9 +96,7 @@ def target_range(policy, windows: Sequence[dict[str, torch.Tensor]], threshold: 
         t = torch.randint(0, cells, (n,), generator=g).to(x1) / cells  # (n,)
         dh = torch.full((n,), 0.5 / cells).to(x1)  # (n,)
         x_t = (1 - t.view(-1, 1, 1)) * x0 + t.view(-1, 1, 1) * x1
-        v1 = policy.net(x_t, t, dh, cond)
-        x_mid = x_t + dh.view(-1, 1, 1) * v1
-        target = (v1 + policy.net(x_mid, t + dh, dh, cond)) / 2
+        x_mid, target = policy.objective.two_half_jumps(policy.net, x_t, t, dh, cond)
         if not torch.isfinite(target).all():
             raise FloatingPointError(f"non-finite consistency target at level 2d = 1/{cells}")
         out["levels"][f"1/{cells}"] = {
