@@ -58,6 +58,8 @@ class ShortcutPolicy(nn.Module):
         1 samples the learned action distribution; below 1 draws chunks nearer the middle of it
         (0: one deterministic chunk per observation). The network still sees the noise levels t it
         was trained on, so this is a choice about which samples to take, not a change of model.
+        Not stored in checkpoints; an exported graph takes its noise as an input, so a deployment
+        that wants a scale multiplies the noise it passes in.
         """
         scale = float(scale)
         if not (scale >= 0.0 and np.isfinite(scale)):
