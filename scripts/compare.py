@@ -6,9 +6,11 @@
     python scripts/compare.py --a runs/s0.json runs/s1.json --b runs/f0.json runs/f1.json --names shortcut flow
 
 Prints, per step count, both means, the mean per-episode difference (a - b) with its standard error
-over episodes, the standard error over training seeds when each side has two or more, and how many
-episodes each side won. Needs results written with per-episode scores (scripts/eval.py; older files
-can be completed with ``--merge``). ``--out`` writes the rows as JSON with the command and machine.
+over episodes, and how many episodes each side won; when each side has two or more training seeds,
+also the standard error over training seeds with a Welch t 95% interval and p-value (seeds of the
+two sides are independent runs). Needs results written with per-episode scores (scripts/eval.py;
+older files can be completed with ``--merge``). ``--out`` writes the rows as JSON with the command
+and machine; ``--plot`` draws every training seed's score and the difference with its interval.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from shortcut_policy.eval.compare import format_comparison, paired_difference
+from shortcut_policy.eval.compare import format_comparison, paired_difference, plot_comparison
 from shortcut_policy.utils import provenance
 
 
@@ -28,6 +30,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=None,
                     help="step counts (default: every count present on both sides)")
     ap.add_argument("--out", default=None, help="write the comparison as JSON")
+    ap.add_argument("--plot", default=None,
+                    help="write a plot (PNG): score per training seed vs calls, and the difference with its interval")
     args = ap.parse_args()
 
     def load(paths):
@@ -59,6 +63,11 @@ def main() -> None:
             "a": args.a, "b": args.b, "names": names, "episodes": rows[0]["episodes"], "seeds": a[0].get("seeds"),
             "steps": {str(r["steps"]): r for r in rows}}, indent=1))
         print(f"wrote {args.out}")
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_comparison(rows, *names, args.plot, title=f"{a[0].get('task', '')}: {names[0]} vs {names[1]}, "
+                        f"{rows[0]['episodes']} paired episodes; {provenance().get('date', '')}")
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

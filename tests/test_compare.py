@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shortcut_policy.eval.compare import episode_scores, format_comparison, paired_difference
+from shortcut_policy.eval.compare import (episode_scores, format_comparison, paired_difference, t_quantile, t_sf,
+                                          welch)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,8 +56,47 @@ def test_training_seeds_are_averaged_and_their_spread_reported():
     assert r["a_seed_means"] == pytest.approx([0.9, 0.7]) and r["diff"] == pytest.approx(0.2)
     # sqrt(var([0.9, 0.7]) / 2 + 0) = sqrt(0.02 / 2) = 0.1
     assert r["sem_seeds"] == pytest.approx(0.1)
+    # Welch: one degree of freedom (only side a varies, two seeds), so the 95% interval is
+    # 0.2 +- 12.706 * 0.1 and the p-value that of t = 2 on a Cauchy: 1 - 2 atan(2) / pi
+    assert r["df_seeds"] == pytest.approx(1.0)
+    assert r["ci95_seeds"] == pytest.approx([0.2 - 1.27062, 0.2 + 1.27062], abs=1e-4)
+    assert r["p_seeds"] == pytest.approx(1 - 2 * math.atan(2) / math.pi)
     table = format_comparison([r], "A", "B")
-    assert "| 1 | 0.800 | 0.600 | +0.200" in table and "0.100" in table
+    assert "| 1 | 0.800 | 0.600 | +0.200" in table and "0.100" in table and "-1.071 to +1.471 (p 0.30)" in table
+
+
+@pytest.mark.parametrize("df,q975", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (10, 2.2281),
+                                     (30, 2.0423), (1e7, 1.95996)])
+def test_t_quantile_matches_tables(df, q975):
+    assert t_quantile(0.975, df) == pytest.approx(q975, abs=1e-4)
+    assert t_sf(t_quantile(0.975, df), df) == pytest.approx(0.05, abs=1e-9)
+
+
+def test_t_tail_probabilities():
+    assert t_sf(0.0, 3) == pytest.approx(1.0)
+    assert t_sf(1.0, 1) == pytest.approx(0.5)  # Cauchy: P(|T| > 1) = 1/2
+    assert t_sf(2.0, 5) == pytest.approx(0.101939, abs=1e-6)
+    assert t_sf(-2.0, 5) == pytest.approx(t_sf(2.0, 5))
+    assert t_sf(3.0, 2.5) < t_sf(3.0, 1.5)  # fractional df from Welch-Satterthwaite; heavier tails at fewer
+    with pytest.raises(ValueError, match="0.5 < q < 1"):
+        t_quantile(0.3, 4)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t_sf(1.0, 0)
+
+
+def test_welch_with_three_seeds_per_side():
+    ma, mb = np.array([0.84, 0.86, 0.81]), np.array([0.81, 0.74, 0.78])
+    w = welch(ma, mb)
+    va, vb = ma.var(ddof=1) / 3, mb.var(ddof=1) / 3
+    assert w["sem_seeds"] == pytest.approx(math.sqrt(va + vb))
+    assert w["df_seeds"] == pytest.approx((va + vb) ** 2 / (va ** 2 / 2 + vb ** 2 / 2))
+    lo, hi = w["ci95_seeds"]
+    assert lo < 0.06 < hi and (hi - lo) / 2 > 1.96 * w["sem_seeds"]  # t, not normal: wider than 2 SE
+    assert 0.0 < w["p_seeds"] < 1.0
+    # the interval excludes 0 exactly when p < 0.05
+    assert (lo > 0) == (w["p_seeds"] < 0.05)
+    with pytest.raises(ValueError, match="two training seeds"):
+        welch(ma[:1], mb)
 
 
 def test_refuses_unpaired_or_incomplete_results():
@@ -89,6 +129,22 @@ def test_compare_script(tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "scripts/compare.py"), "--a", str(fa), "--b",
                           str(tmp_path / "missing.json")], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode != 0 and "no such results file" in bad.stderr
+
+
+def test_compare_script_with_training_seeds_writes_interval_and_plot(tmp_path):
+    files = {}
+    for name, scores in {"s0": [0.9, 0.8, 0.7], "s1": [0.8, 0.9, 0.8], "f0": [0.6, 0.7, 0.5], "f1": [0.7, 0.5, 0.6]}.items():
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps(result(name, {1: scores, 2: [1.0, 0.9, 0.9]}, seeds=(0, 2))))
+    out, png = tmp_path / "cmp.json", tmp_path / "plots" / "cmp.png"
+    p = subprocess.run([sys.executable, str(REPO / "scripts/compare.py"), "--a", str(files["s0"]), str(files["s1"]),
+                        "--b", str(files["f0"]), str(files["f1"]), "--names", "sc", "fm", "--out", str(out),
+                        "--plot", str(png)], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    assert "95% interval over training seeds (p)" in p.stdout and f"wrote {png}" in p.stdout
+    row = json.loads(out.read_text())["steps"]["1"]
+    assert row["a_seed_means"] == pytest.approx([0.8, 2.5 / 3]) and row["ci95_seeds"][0] < row["diff"] < row["ci95_seeds"][1]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
 def _eval_module():

@@ -6,7 +6,10 @@ an episode's start shares between both policies cancels in the per-episode diffe
 that helps depends on how much of the noise is the start rather than the policies' own sampling
 (on PushT at one call, little). This module computes that paired difference from the ``episode_scores`` stored
 by :func:`shortcut_policy.eval.sweep.sweep`, and, when each side has several training seeds, the
-spread between training seeds as well (the noise a single training run cannot show).
+spread between training seeds as well (the noise a single training run cannot show), with a
+Welch t interval and two-sided p-value over the training seeds: with two to four seeds per side a
+normal "two standard errors" overstates the evidence (the t quantile at 2-4 degrees of freedom is
+2.8-4.3, not 1.96).
 """
 from __future__ import annotations
 
@@ -31,6 +34,72 @@ def episode_scores(result: dict[str, Any], steps: int) -> np.ndarray:
     return scores
 
 
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) by its continued fraction (modified Lentz)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast only below this point
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= c * d
+        if abs(c * d - 1.0) < 1e-14:
+            break
+    return math.exp(log_front) * h / a
+
+
+def t_sf(t: float, df: float) -> float:
+    """Two-sided tail probability P(|T| > |t|) of Student's t with ``df`` (> 0, may be fractional)."""
+    if not df > 0:
+        raise ValueError(f"degrees of freedom must be positive, got {df}")
+    return _betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The ``q`` quantile (0.5 < q < 1) of Student's t with ``df`` degrees of freedom, by bisection."""
+    if not 0.5 < q < 1.0:
+        raise ValueError(f"t_quantile takes 0.5 < q < 1, got {q}")
+    tail = 2.0 * (1.0 - q)
+    lo, hi = 0.0, 1.0
+    while t_sf(hi, df) > tail:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_sf(mid, df) > tail else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def welch(ma: np.ndarray, mb: np.ndarray) -> dict[str, float]:
+    """Welch's unequal-variance comparison of two groups of training-seed means: the standard error
+    of mean(ma) - mean(mb), its Welch-Satterthwaite degrees of freedom, a 95% interval and the
+    two-sided p-value. Needs two or more means per group."""
+    if len(ma) < 2 or len(mb) < 2:
+        raise ValueError("welch needs at least two training seeds per side")
+    va, vb = ma.var(ddof=1) / len(ma), mb.var(ddof=1) / len(mb)
+    diff, se = float(ma.mean() - mb.mean()), math.sqrt(va + vb)
+    if se == 0.0:  # identical seeds on both sides: no spread to test against
+        return {"sem_seeds": 0.0, "df_seeds": float("nan"), "ci95_seeds": [diff, diff],
+                "p_seeds": 0.0 if diff != 0 else 1.0}
+    df = (va + vb) ** 2 / (va ** 2 / (len(ma) - 1) + vb ** 2 / (len(mb) - 1))
+    half = t_quantile(0.975, df) * se
+    return {"sem_seeds": se, "df_seeds": df, "ci95_seeds": [diff - half, diff + half],
+            "p_seeds": t_sf(diff / se, df)}
+
+
 def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], steps: int) -> dict[str, Any]:
     """Score difference (a - b) at ``steps`` calls, paired by episode seed.
 
@@ -38,7 +107,9 @@ def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], 
     over its training seeds episode by episode. Returns the mean difference with its standard error
     over episodes (``sem_episodes``: evaluation noise), the per-training-seed means of each side, and,
     when both sides have two or more training seeds, ``sem_seeds``: the standard error of the
-    difference of the two seed means (training noise, which includes evaluation noise).
+    difference of the two seed means (training noise, which includes evaluation noise), with its
+    Welch degrees of freedom ``df_seeds``, 95% interval ``ci95_seeds`` and p-value ``p_seeds``
+    (training seeds of the two sides are independent runs, so they are not paired).
     """
     if not a or not b:
         raise ValueError("paired_difference needs at least one results file on each side")
@@ -62,17 +133,52 @@ def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], 
         "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()),
     }
     if sa.shape[0] > 1 and sb.shape[0] > 1:
-        ma, mb = sa.mean(1), sb.mean(1)
-        out["sem_seeds"] = float(math.sqrt(ma.var(ddof=1) / len(ma) + mb.var(ddof=1) / len(mb)))
+        out.update(welch(sa.mean(1), sb.mean(1)))
     return out
 
 
 def format_comparison(rows: Sequence[dict[str, Any]], a_name: str, b_name: str) -> str:
     """Markdown table of :func:`paired_difference` rows (one per step count)."""
     lines = [f"| steps | {a_name} | {b_name} | difference (paired SE) | SE over training seeds | "
-             f"episodes better / worse |", "|---|---|---|---|---|---|"]
+             f"95% interval over training seeds (p) | episodes better / worse |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         seeds = f"{r['sem_seeds']:.3f}" if "sem_seeds" in r else "-"
+        ci = (f"{r['ci95_seeds'][0]:+.3f} to {r['ci95_seeds'][1]:+.3f} (p {r['p_seeds']:.2f})"
+              if "ci95_seeds" in r else "-")
         lines.append(f"| {r['steps']} | {r['a_mean']:.3f} | {r['b_mean']:.3f} | {r['diff']:+.3f} "
-                     f"({r['sem_episodes']:.3f}) | {seeds} | {r['wins']} / {r['losses']} |")
+                     f"({r['sem_episodes']:.3f}) | {seeds} | {ci} | {r['wins']} / {r['losses']} |")
     return "\n".join(lines)
+
+
+def plot_comparison(rows: Sequence[dict[str, Any]], a_name: str, b_name: str, path: str, title: str = "") -> None:
+    """Score vs network calls for both sides of a comparison: every training seed's mean as a dot,
+    the mean over seeds as a line, and (right panel) the difference a - b with its 95% interval over
+    training seeds where there are two or more per side, else +-2 paired standard errors."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .sweep import save_calls_figure
+
+    ns = [r["steps"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (name, key) in enumerate(((a_name, "a"), (b_name, "b"))):
+        for n, r in zip(ns, rows):
+            seeds = r[f"{key}_seed_means"]
+            a1.plot([n * (1 + 0.04 * (2 * i - 1))] * len(seeds), seeds, "o", color=f"C{i}", alpha=0.45, ms=4)
+        a1.plot(ns, [r[f"{key}_mean"] for r in rows], "-", color=f"C{i}", lw=2,
+                label=f"{name} ({len(rows[0][f'{key}_seed_means'])} training seeds)")
+    a1.set_ylabel("score (dots: one training seed)")
+    d = [r["diff"] for r in rows]
+    if all("ci95_seeds" in r for r in rows):
+        lo, hi = [r["ci95_seeds"][0] for r in rows], [r["ci95_seeds"][1] for r in rows]
+        band = "95% interval over training seeds (Welch t)"
+    else:
+        lo = [r["diff"] - 2 * r["sem_episodes"] for r in rows]
+        hi = [r["diff"] + 2 * r["sem_episodes"] for r in rows]
+        band = "+-2 paired standard errors over episodes"
+    a2.fill_between(ns, lo, hi, color="C2", alpha=0.25, label=band)
+    a2.plot(ns, d, "o-", color="C2", label=f"{a_name} - {b_name}")
+    a2.axhline(0.0, color="k", lw=0.8)
+    a2.set_ylabel("score difference")
+    save_calls_figure(fig, (a1, a2), path, title, ticks=ns)

@@ -70,16 +70,25 @@ def plot_sweeps(results: dict[str, dict[str, Any]], path: str, title: str = "") 
         a1.plot(ns, [r["score"] for r in rs], "o-", color=f"C{i}", label=f"{method} score")
         a1.plot(ns, [r["success"] for r in rs], "s--", color=f"C{i}", alpha=0.6, label=f"{method} success")
         a2.plot(ns, [r["latency_ms_p50"] for r in rs], "o-", color=f"C{i}", label=method)
-    for a in (a1, a2):
-        a.set_xscale("log", base=2)
-        a.set_xlabel("network calls per chunk")
-        a.grid(alpha=0.3)
     a1.set_ylabel("score / success")
     a1.set_ylim(0, 1.02)
     a2.set_ylabel("chunk latency p50, batch 1 (ms)")
     a2.set_yscale("log")
-    a1.legend(fontsize=7)
-    a2.legend(fontsize=7)
+    save_calls_figure(fig, (a1, a2), path, title)
+
+
+def save_calls_figure(fig, axes, path: str, title: str = "", ticks: list[int] | None = None) -> None:
+    """Finish and write a figure whose x axes are network calls per chunk (log2 scale): grid, legends,
+    a wrapped title, then close it."""
+    import matplotlib.pyplot as plt
+
+    for a in axes:
+        a.set_xscale("log", base=2)
+        if ticks is not None:
+            a.set_xticks(ticks, [str(n) for n in ticks])
+        a.set_xlabel("network calls per chunk")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
     fig.suptitle("\n".join(textwrap.wrap(title, 160)), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
