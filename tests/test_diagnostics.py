@@ -53,7 +53,17 @@ def test_known_flow_gives_the_expected_distances():
     demo = torch.stack([w["action"][:4] for w in ws])[:, None]
     assert r["2"]["to_demo"] == pytest.approx(float(((two - demo) ** 2).mean().sqrt()), rel=1e-5)
     assert r["2"]["to_demo_best"] <= r["2"]["to_demo"]
-    assert "| m | 1 |" in format_diagnostics({"m": res})
+    # the N-step map is x0 (1 - 1/N)^N in normalized units, so its error against the 8-step sample
+    # holds exactly ((1 - 1/N)^N - (7/8)^8) of the initial noise
+    assert r["1"]["noise_leak"] == pytest.approx(-(7 / 8) ** 8, rel=1e-5)
+    assert r["2"]["noise_leak"] == pytest.approx(0.25 - (7 / 8) ** 8, rel=1e-5)
+    assert r["8"]["noise_leak"] == 0.0
+    second_diff = lambda x: x[..., 2:, :] - 2 * x[..., 1:-1, :] + x[..., :-2, :]  # noqa: E731
+    assert r["2"]["roughness"] == pytest.approx(float(second_diff(two).pow(2).mean().sqrt()), rel=1e-5)
+    assert r["1"]["roughness"] == pytest.approx(0.0, abs=1e-3)  # one constant chunk per window: no jitter
+    assert res["demo_roughness"] == pytest.approx(float(second_diff(demo).pow(2).mean().sqrt()), rel=1e-5)
+    table = format_diagnostics({"m": res})
+    assert "| m | 1 |" in table and f"{r['1']['noise_leak']:+.3f}" in table
 
 
 def test_bad_input_is_named():

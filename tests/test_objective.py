@@ -76,6 +76,34 @@ def test_loss_is_zero_for_the_exact_shortcut_of_a_point_mass_and_positive_otherw
     assert obj.loss(wrong, x1, generator=torch.Generator().manual_seed(0))[0].item() > 1e-6
 
 
+def test_endpoint_parameterization_point_mass_and_one_call():
+    """A network that returns x* everywhere is the exact endpoint model of a point mass at x*: zero
+    loss at every level, and every step count lands on x* exactly (one call returns its output)."""
+    xstar = torch.tensor([0.8, -0.4, 2.0], dtype=torch.float64)
+    endpoint = lambda x, t, d, cond: xstar.expand_as(x)  # noqa: E731
+    obj = ShortcutObjective(M, 0.5, parameterization="endpoint")
+    loss, info = obj.loss(endpoint, xstar.expand(64, 3).clone(), generator=torch.Generator().manual_seed(0))
+    assert loss.item() < 1e-20 and info["consistency_share"] > 0
+    x0 = torch.randn(5, 3, dtype=torch.float64)
+    for n in (1, 2, 4, 8, 128, 3):
+        torch.testing.assert_close(obj.sample(endpoint, x0, n), xstar.expand(5, 3), rtol=0, atol=1e-12)
+    # the same network read as a velocity is a constant field: one call lands at x0 + x*
+    torch.testing.assert_close(ShortcutObjective(M, 0.5).sample(endpoint, x0, 1), x0 + xstar)
+
+
+def test_endpoint_loss_is_the_error_of_the_data_estimate():
+    """Flow part, endpoint network returning 0: x^ = 0, so the loss is mean |x1|^2 (the target x^ of the
+    straight path is x1), whatever t was drawn; the velocity error would weight it by 1 / (1 - t)^2."""
+    x1 = torch.randn(32, 4, dtype=torch.float64)
+    rec = Recorder(lambda x, t, d, cond: torch.zeros_like(x))
+    loss, _ = ShortcutObjective(M, 0.0, parameterization="endpoint").loss(rec, x1, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(loss, x1.pow(2).mean(), rtol=1e-12, atol=1e-12)
+    (_, t, _), = rec.calls
+    assert t.max() > 0.5  # late t drawn, so an unweighted velocity loss would differ
+    with pytest.raises(ValueError, match="parameterization"):
+        ShortcutObjective(M, 0.25, parameterization="x0")
+
+
 def test_flow_part_target_is_x1_minus_x0_on_aligned_grid():
     obj = ShortcutObjective(M, 0.0)
     rec = Recorder(lambda x, t, d, cond: torch.zeros_like(x))
@@ -176,7 +204,28 @@ def test_condition_is_indexed_for_the_teacher():
         pytest.fail("no consistency examples drawn")
 
 
+def test_consistency_weight_scales_only_the_consistency_examples():
+    """Same draws, weight 1 vs 5: the loss is (sum of flow errors + w * sum of consistency errors) / B."""
+    x1 = torch.randn(16, 2, dtype=torch.float64)
+    # the model predicts 1 everywhere; the teacher (the same function) makes every consistency
+    # target 1 too, so consistency errors are 0 and flow errors are (1 - (x1 - x0))^2
+    ones = lambda x, t, d, cond: torch.ones_like(x)  # noqa: E731
+    const = lambda x, t, d, cond: torch.full_like(x, 0.5) * (d.view(-1, 1) < 1 / 64) + 2.0 * (d.view(-1, 1) >= 1 / 64)  # noqa: E731,E501
+    for model in (ones, const):
+        l1, i1 = ShortcutObjective(M, 0.5).loss(model, x1, generator=torch.Generator().manual_seed(3))
+        l5, i5 = ShortcutObjective(M, 0.5, consistency_weight=5.0).loss(model, x1, generator=torch.Generator().manual_seed(3))
+        nb = round(i1["consistency_share"] * 16)
+        assert 0 < nb < 16 and i5["consistency_share"] == i1["consistency_share"]
+        assert i5["loss_flow"] == pytest.approx(i1["loss_flow"]) and i5["loss_consistency"] == pytest.approx(i1["loss_consistency"])
+        expect = ((16 - nb) * i1["loss_flow"] + 5.0 * nb * i1["loss_consistency"]) / 16
+        assert l5.item() == pytest.approx(expect, rel=1e-12)
+        assert l1.item() == pytest.approx(((16 - nb) * i1["loss_flow"] + nb * i1["loss_consistency"]) / 16, rel=1e-12)
+    # with the step-dependent model the consistency errors are not 0, so the weight shows
+    assert i1["loss_consistency"] > 0 and l5.item() > l1.item()
+
+
 @pytest.mark.parametrize("kw, msg", [({"consistency_fraction": 1.0}, "consistency_fraction"),
+                                     ({"consistency_weight": 0.0}, "consistency_weight"),
                                      ({"level_weights": [1.0]}, "level_weights"),
                                      ({"clip": 0.0}, "clip"), ({"max_steps": 100}, "power of two")])
 def test_bad_settings_are_named(kw, msg):

@@ -121,6 +121,37 @@ def test_bad_inputs_are_named():
         PolicyConfig(horizon=8, n_obs_steps=2, n_action_steps=8)
     with pytest.raises(ValueError, match="objective.kind"):
         ObjectiveConfig(kind="gan")
+    with pytest.raises(ValueError, match="objective.parameterization"):
+        ObjectiveConfig(parameterization="epsilon")
+    with pytest.raises(ValueError, match="applies to kind shortcut or flow"):
+        ObjectiveConfig(kind="ddpm", parameterization="endpoint")
+    with pytest.raises(ValueError, match="consistency_weight"):
+        ObjectiveConfig(consistency_weight=-1.0)
+
+
+@pytest.mark.parametrize("kind", ["shortcut", "flow"])
+def test_endpoint_policy_one_call_returns_the_network_output(kind):
+    """An endpoint-parameterized policy's one-call chunk is the network's data estimate, unnormalized:
+    the initial noise does not pass through the sample."""
+    p = make_policy(kind, parameterization="endpoint").eval()
+    loss, _ = p.compute_loss(batch())
+    loss.backward()
+    assert torch.isfinite(loss)
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.full((1,), 0.25))
+
+        def forward(self, x, t, d, cond):
+            return self.w.expand_as(x)
+
+    p.net = Fixed()
+    obs = batch(B=3)["obs"][:, :2]
+    a = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(0))
+    b = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, p.normalizer.unnormalize("action", torch.full((3, 8, 2), 0.25)))
 
 
 def test_noise_scale_scales_the_initial_noise_only():

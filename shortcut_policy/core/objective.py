@@ -13,6 +13,13 @@ is trained on two targets at once:
 
 Plain flow matching is the same objective with ``consistency_fraction=0`` (and a
 network that ignores d); the sampler then feeds d = 1/M at every step.
+
+``parameterization="endpoint"`` reads the network output as the data estimate x^ that the
+straight path from x_t would reach at t = 1, so the jump is
+    s = (x^ - x_t) / (1 - t),   x_{t+d} = x_t + d / (1 - t) (x^ - x_t),
+and a jump that ends at t = 1 lands on x^ itself: one call never has to reproduce (and cancel)
+the initial noise through the network. The loss is then measured on x^ (the velocity error times
+(1 - t)), which is the error of the state where a jump ends at t = 1.
 """
 from __future__ import annotations
 
@@ -47,6 +54,20 @@ def _detach(cond: Any) -> Any:
     return cond
 
 
+PARAMETERIZATIONS = ("velocity", "endpoint")
+
+
+def endpoint_velocity(model: VelocityFn) -> VelocityFn:
+    """A network that returns the endpoint estimate x^ as a velocity function: (x^ - x_t) / (1 - t).
+
+    Defined for t < 1, which is every t the objective trains and the sampler queries.
+    """
+    def velocity(x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, cond: Any) -> torch.Tensor:
+        x_hat = model(x, t, d, cond)  # (B, ...)
+        return (x_hat - x) / (1 - t).view((-1,) + (1,) * (x.ndim - 1))
+    return velocity
+
+
 class ShortcutObjective:
     """Loss and sampler of a shortcut model (Frans et al. 2025).
 
@@ -58,10 +79,18 @@ class ShortcutObjective:
             2d = 1, 1/2, ..., 2/M (log2(M) entries, largest first); None = uniform.
         clip: clamp the teacher's intermediate state and the target to [-clip, clip]
             (the reference uses 4); None = off.
+        consistency_weight: loss weight of a consistency example relative to a flow example (1 =
+            the reference's plain MSE over the batch). The flow targets x1 - x0 carry the whole
+            spread of the data, the consistency targets none, so with weight 1 their share of the
+            loss (and of its gradient noise) is tiny; a weight above 1 gives them more pull without
+            taking flow examples away, as a larger ``consistency_fraction`` would.
+        parameterization: "velocity" (the network returns s, the reference) or "endpoint" (the
+            network returns x^ and s = (x^ - x_t) / (1 - t); module doc).
     """
 
     def __init__(self, max_steps: int = 128, consistency_fraction: float = 0.25,
-                 level_weights: Sequence[float] | None = None, clip: float | None = None):
+                 level_weights: Sequence[float] | None = None, clip: float | None = None,
+                 consistency_weight: float = 1.0, parameterization: str = "velocity"):
         self.n_levels = check_max_steps(max_steps)
         self.max_steps = max_steps
         if not 0.0 <= consistency_fraction < 1.0:
@@ -77,10 +106,20 @@ class ShortcutObjective:
         if clip is not None and clip <= 0:
             raise ValueError(f"clip must be positive or None, got {clip}")
         self.clip = clip
+        if not consistency_weight > 0:
+            raise ValueError(f"consistency_weight must be positive, got {consistency_weight}")
+        self.consistency_weight = float(consistency_weight)
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+        self.parameterization = parameterization
 
     @property
     def flow_only(self) -> bool:
         return self.consistency_fraction == 0.0
+
+    def velocity_fn(self, model: VelocityFn) -> VelocityFn:
+        """The network as the velocity function s(x_t, t, d) the loss and the sampler integrate."""
+        return endpoint_velocity(model) if self.parameterization == "endpoint" else model
 
     # ------------------------------------------------------------------ training
     def n_consistency(self, batch_size: int, generator: torch.Generator | None = None) -> int:
@@ -133,13 +172,15 @@ class ShortcutObjective:
         if nb:
             idx = torch.arange(nb, device=dev)
             tc = index_cond(_detach(cond) if teacher_cond is None else teacher_cond, idx)
-            target[:nb] = self.consistency_target(teacher or model, x_t[:nb], t[:nb], d[:nb] / 2, tc)
+            target[:nb] = self.consistency_target(self.velocity_fn(teacher or model), x_t[:nb], t[:nb], d[:nb] / 2, tc)
 
-        pred = model(x_t, t, d, cond)  # (B, ...)
+        pred = self.velocity_fn(model)(x_t, t, d, cond)  # (B, ...)
         if pred.shape != x1.shape:
             raise ValueError(f"network output {tuple(pred.shape)} does not match data {tuple(x1.shape)}")
         err = (pred - target).pow(2).flatten(1).mean(1)  # (B,)
-        loss = err.mean()
+        if self.parameterization == "endpoint":
+            err = err * (1 - t) ** 2  # the error of x^ = x_t + (1 - t) s
+        loss = (err[nb:].sum() + self.consistency_weight * err[:nb].sum()) / B
         info = {"loss": loss.item(), "loss_flow": err[nb:].mean().item() if nb < B else 0.0,
                 "loss_consistency": err[:nb].mean().item() if nb else 0.0,
                 "consistency_share": nb / B}
@@ -148,7 +189,8 @@ class ShortcutObjective:
     @torch.no_grad()
     def consistency_target(self, teacher: VelocityFn, x_t: torch.Tensor, t: torch.Tensor, d_half: torch.Tensor,
                            cond: Any) -> torch.Tensor:
-        """Average velocity of two half jumps of size d_half from (x_t, t): the target for s(x_t, t, 2 d_half)."""
+        """Average velocity of two half jumps of size d_half from (x_t, t): the target for s(x_t, t, 2 d_half).
+        ``teacher`` is a velocity function (see :meth:`velocity_fn`)."""
         return self.two_half_jumps(teacher, x_t, t, d_half, cond)[1]
 
     @torch.no_grad()
@@ -172,10 +214,11 @@ class ShortcutObjective:
                generator: torch.Generator | None = None) -> torch.Tensor:
         """``steps`` network calls from noise x0. A flow-only model is always fed d = 1/M."""
         fixed_d = 1.0 / self.max_steps if self.flow_only else None
-        return sample(model, x0, steps, cond, max_steps=self.max_steps, fixed_d=fixed_d)
+        return sample(self.velocity_fn(model), x0, steps, cond, max_steps=self.max_steps, fixed_d=fixed_d)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "flow" if self.flow_only else "shortcut", "max_steps": self.max_steps,
                 "consistency_fraction": self.consistency_fraction,
-                "level_weights": self.level_weights.tolist(), "clip": self.clip}
+                "level_weights": self.level_weights.tolist(), "clip": self.clip,
+                "consistency_weight": self.consistency_weight, "parameterization": self.parameterization}
 

@@ -11,6 +11,11 @@ units (pixels for PushT):
   distribution's width a step count keeps (0 = every noise gives the same chunk).
 - ``to_demo`` / ``to_demo_best``: RMS distance to the demonstrated chunk, averaged over the K samples
   and for the best of them (a multi-modal policy can be far on average yet close at best).
+- ``roughness``: RMS second difference of the sampled action sequence over time (jitter; a
+  demonstration's own value is reported as ``demo_roughness``).
+- ``noise_leak``: the least-squares coefficient of the initial noise x0 in the N-step error against
+  the reference sample, in normalized action units: the share of x0 the N-step map fails to cancel
+  (0 when the error is unrelated to the noise it started from).
 
 A few hundred batched forward passes: seconds to a minute on a CPU, so a checkpoint can be read
 before (or instead of) spending a closed-loop evaluation on it.
@@ -46,8 +51,17 @@ def step_diagnostics(policy, windows: Sequence[dict[str, torch.Tensor]], steps_l
         g = torch.Generator().manual_seed(seed)  # the same noise for every step count
         return policy.predict_action_sequence(obs_rep, steps=n, generator=g).reshape(B, n_noise, *demo.shape[1:])
 
+    def roughness(x: torch.Tensor) -> float:  # (..., H, A) -> RMS of the second difference over H
+        return float((x[..., 2:, :] - 2 * x[..., 1:-1, :] + x[..., :-2, :]).pow(2).mean().sqrt())
+
+    # the initial noise predict_action_sequence draws first from the same generator (normalized units)
+    x0 = torch.randn((B * n_noise, cfg.horizon, cfg.action_dim), generator=torch.Generator().manual_seed(seed))
+    x0 = x0.reshape(B, n_noise, cfg.horizon, cfg.action_dim) * policy.noise_scale
+    x0_energy = float(x0.pow(2).sum())
     ref = sample(ref_steps)
-    out: dict[str, Any] = {"windows": B, "n_noise": n_noise, "ref_steps": ref_steps, "steps": {}}
+    nref = policy.normalizer.normalize("action", ref)
+    out: dict[str, Any] = {"windows": B, "n_noise": n_noise, "ref_steps": ref_steps,
+                           "demo_roughness": roughness(demo), "steps": {}}
     for n in list(steps_list) + ([ref_steps] if ref_steps not in steps_list else []):
         x = ref if n == ref_steps else sample(n)
         if not torch.isfinite(x).all():
@@ -58,6 +72,9 @@ def step_diagnostics(policy, windows: Sequence[dict[str, torch.Tensor]], steps_l
             "spread": float(x.var(dim=1, unbiased=True).mean().sqrt()),
             "to_demo": float(per_sample_demo.mean().sqrt()),
             "to_demo_best": float(per_sample_demo.min(dim=1).values.mean().sqrt()),
+            "roughness": roughness(x),
+            "noise_leak": (float(((policy.normalizer.normalize("action", x) - nref) * x0).sum()) / x0_energy
+                           if x0_energy > 0 else float("nan")),
         }
     return out
 
@@ -96,7 +113,7 @@ def target_range(policy, windows: Sequence[dict[str, torch.Tensor]], threshold: 
         t = torch.randint(0, cells, (n,), generator=g).to(x1) / cells  # (n,)
         dh = torch.full((n,), 0.5 / cells).to(x1)  # (n,)
         x_t = (1 - t.view(-1, 1, 1)) * x0 + t.view(-1, 1, 1) * x1
-        x_mid, target = policy.objective.two_half_jumps(policy.net, x_t, t, dh, cond)
+        x_mid, target = policy.objective.two_half_jumps(policy.objective.velocity_fn(policy.net), x_t, t, dh, cond)
         if not torch.isfinite(target).all():
             raise FloatingPointError(f"non-finite consistency target at level 2d = 1/{cells}")
         out["levels"][f"1/{cells}"] = {
@@ -117,9 +134,11 @@ def pick_windows(dataset, n: int, seed: int = 0) -> list[dict[str, torch.Tensor]
 
 def format_diagnostics(results: dict[str, dict[str, Any]]) -> str:
     """Markdown table, one row per (method, step count)."""
-    lines = ["| method | steps | to ref (RMS) | spread | to demo | best of K to demo |", "|---|---|---|---|---|---|"]
+    lines = ["| method | steps | to ref (RMS) | spread | to demo | best of K to demo | roughness (demo) | noise leak |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, res in results.items():
         for n, r in res["steps"].items():
             lines.append(f"| {name} | {n} | {r['to_ref']:.2f} | {r['spread']:.2f} | {r['to_demo']:.2f} | "
-                         f"{r['to_demo_best']:.2f} |")
+                         f"{r['to_demo_best']:.2f} | {r['roughness']:.2f} ({res['demo_roughness']:.2f}) | "
+                         f"{r['noise_leak']:+.3f} |")
     return "\n".join(lines)

@@ -24,6 +24,11 @@ class ObjectiveConfig:
     consistency_fraction: float = 0.25
     level_weights: list[float] | None = None
     clip: float | None = None
+    # loss weight of a consistency example relative to a flow example (1 = plain MSE over the batch)
+    consistency_weight: float = 1.0
+    # what the network returns: "velocity" (the jump's average velocity) or "endpoint" (the data
+    # estimate x^ at t = 1, velocity (x^ - x_t) / (1 - t)); flow and shortcut kinds only
+    parameterization: str = "velocity"
     # teacher of the consistency targets: "online" (current weights, no-grad) or "ema"
     teacher: str = "online"
     teacher_ema_decay: float = 0.999
@@ -50,6 +55,13 @@ class ObjectiveConfig:
         if self.kind == "shortcut" and not 0.0 < self.consistency_fraction < 1.0:
             raise ValueError("objective.consistency_fraction must be in (0, 1) for kind=shortcut "
                              f"(use kind=flow for 0), got {self.consistency_fraction}")
+        if not self.consistency_weight > 0:
+            raise ValueError(f"objective.consistency_weight must be positive, got {self.consistency_weight}")
+        if self.parameterization not in ("velocity", "endpoint"):
+            raise ValueError(f"objective.parameterization must be 'velocity' or 'endpoint', got {self.parameterization!r}")
+        if self.parameterization != "velocity" and self.kind not in ("shortcut", "flow"):
+            raise ValueError(f"objective.parameterization={self.parameterization!r} applies to kind shortcut or flow; "
+                             f"kind {self.kind!r} sets its output with prediction_type")
         if self.d_embedding not in ("log2", "linear"):
             raise ValueError(f"objective.d_embedding must be 'log2' or 'linear', got {self.d_embedding!r}")
 
