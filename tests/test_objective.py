@@ -91,6 +91,29 @@ def test_endpoint_parameterization_point_mass_and_one_call():
     torch.testing.assert_close(ShortcutObjective(M, 0.5).sample(endpoint, x0, 1), x0 + xstar)
 
 
+def test_landing_parameterization_reads_only_jumps_that_end_at_one_as_points():
+    """landing: a jump with t + d = 1 returns the network output; every other jump is a velocity."""
+    c = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    net = Recorder(lambda x, t, d, cond: c.expand_as(x))
+    obj = ShortcutObjective(16, 0.5, parameterization="landing")
+    x0 = torch.randn(3, 2, dtype=torch.float64)
+    torch.testing.assert_close(obj.sample(net, x0, 1), c.expand(3, 2))  # one call lands on the output
+    # two calls: a velocity jump of 1/2 (x0 + c/2), then a landing jump onto c
+    torch.testing.assert_close(obj.sample(net, x0, 2), c.expand(3, 2))
+    v = obj.velocity_fn(net)
+    t = torch.tensor([0.0, 0.5, 15 / 16, 0.75], dtype=torch.float64)
+    d = torch.tensor([0.5, 0.5, 1 / 16, 1 / 16], dtype=torch.float64)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    out = v(x, t, d, None)
+    torch.testing.assert_close(out[[0, 3]], c.expand(2, 2))  # jumps ending at 1/2 and 13/16: velocities
+    torch.testing.assert_close(out[[1, 2]], (c - x[[1, 2]]) / d[[1, 2], None])  # landing on 1
+    # the loss is in velocity units: the exact landing model of a point mass has zero loss
+    xstar = torch.tensor([0.8, -0.4], dtype=torch.float64)
+    exact = lambda x, t, d, cond: torch.where(((t + d) > 1 - 1e-9).view(-1, 1), xstar.expand_as(x), (xstar - x) / (1 - t).view(-1, 1))  # noqa: E731,E501
+    loss, info = obj.loss(exact, xstar.expand(64, 2).clone(), generator=torch.Generator().manual_seed(0))
+    assert loss.item() < 1e-20 and info["consistency_share"] > 0
+
+
 def test_endpoint_loss_is_the_error_of_the_data_estimate():
     """Flow part, endpoint network returning 0: x^ = 0, so the loss is mean |x1|^2 (the target x^ of the
     straight path is x1), whatever t was drawn; the velocity error would weight it by 1 / (1 - t)^2."""

@@ -129,11 +129,11 @@ def test_bad_inputs_are_named():
         ObjectiveConfig(consistency_weight=-1.0)
 
 
-@pytest.mark.parametrize("kind", ["shortcut", "flow"])
-def test_endpoint_policy_one_call_returns_the_network_output(kind):
+@pytest.mark.parametrize("kind, param", [("shortcut", "endpoint"), ("flow", "endpoint"), ("shortcut", "landing")])
+def test_endpoint_policy_one_call_returns_the_network_output(kind, param):
     """An endpoint-parameterized policy's one-call chunk is the network's data estimate, unnormalized:
     the initial noise does not pass through the sample."""
-    p = make_policy(kind, parameterization="endpoint").eval()
+    p = make_policy(kind, parameterization=param).eval()
     loss, _ = p.compute_loss(batch())
     loss.backward()
     assert torch.isfinite(loss)

@@ -20,6 +20,11 @@ straight path from x_t would reach at t = 1, so the jump is
 and a jump that ends at t = 1 lands on x^ itself: one call never has to reproduce (and cancel)
 the initial noise through the network. The loss is then measured on x^ (the velocity error times
 (1 - t)), which is the error of the state where a jump ends at t = 1.
+
+``parameterization="landing"`` keeps the velocity reading for every jump that ends before t = 1
+and reads the output of a jump that lands on t = 1 (t + d = 1) as its landing point, s = (x^ - x_t) / d:
+the last jump of every schedule (the only one at one call) returns the network output, while the
+flow level and the intermediate jumps stay velocities. The loss stays in velocity units.
 """
 from __future__ import annotations
 
@@ -54,7 +59,7 @@ def _detach(cond: Any) -> Any:
     return cond
 
 
-PARAMETERIZATIONS = ("velocity", "endpoint")
+PARAMETERIZATIONS = ("velocity", "endpoint", "landing")
 
 
 def endpoint_velocity(model: VelocityFn) -> VelocityFn:
@@ -65,6 +70,17 @@ def endpoint_velocity(model: VelocityFn) -> VelocityFn:
     def velocity(x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, cond: Any) -> torch.Tensor:
         x_hat = model(x, t, d, cond)  # (B, ...)
         return (x_hat - x) / (1 - t).view((-1,) + (1,) * (x.ndim - 1))
+    return velocity
+
+
+def landing_velocity(model: VelocityFn, max_steps: int) -> VelocityFn:
+    """Velocity for jumps that end before t = 1; a jump that lands on t = 1 (t + d = 1 on the 1/M grid)
+    returns its landing point x^, read as the velocity (x^ - x_t) / d."""
+    def velocity(x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, cond: Any) -> torch.Tensor:
+        out = model(x, t, d, cond)  # (B, ...)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        lands = (t + d > 1 - 0.5 / max_steps).view(shape)  # (B, 1, ...)
+        return torch.where(lands, (out - x) / d.view(shape), out)
     return velocity
 
 
@@ -84,8 +100,9 @@ class ShortcutObjective:
             spread of the data, the consistency targets none, so with weight 1 their share of the
             loss (and of its gradient noise) is tiny; a weight above 1 gives them more pull without
             taking flow examples away, as a larger ``consistency_fraction`` would.
-        parameterization: "velocity" (the network returns s, the reference) or "endpoint" (the
-            network returns x^ and s = (x^ - x_t) / (1 - t); module doc).
+        parameterization: "velocity" (the network returns s, the reference), "endpoint" (the
+            network returns x^ and s = (x^ - x_t) / (1 - t)) or "landing" (velocity, except that a
+            jump ending at t = 1 returns its landing point); module doc.
     """
 
     def __init__(self, max_steps: int = 128, consistency_fraction: float = 0.25,
@@ -119,7 +136,11 @@ class ShortcutObjective:
 
     def velocity_fn(self, model: VelocityFn) -> VelocityFn:
         """The network as the velocity function s(x_t, t, d) the loss and the sampler integrate."""
-        return endpoint_velocity(model) if self.parameterization == "endpoint" else model
+        if self.parameterization == "endpoint":
+            return endpoint_velocity(model)
+        if self.parameterization == "landing":
+            return landing_velocity(model, self.max_steps)
+        return model
 
     # ------------------------------------------------------------------ training
     def n_consistency(self, batch_size: int, generator: torch.Generator | None = None) -> int:

@@ -27,7 +27,8 @@ class ObjectiveConfig:
     # loss weight of a consistency example relative to a flow example (1 = plain MSE over the batch)
     consistency_weight: float = 1.0
     # what the network returns: "velocity" (the jump's average velocity) or "endpoint" (the data
-    # estimate x^ at t = 1, velocity (x^ - x_t) / (1 - t)); flow and shortcut kinds only
+    # estimate x^ at t = 1, velocity (x^ - x_t) / (1 - t)) or "landing" (velocity, except that a jump
+    # that ends at t = 1 returns its landing point); flow and shortcut kinds only
     parameterization: str = "velocity"
     # teacher of the consistency targets: "online" (current weights, no-grad) or "ema"
     teacher: str = "online"
@@ -57,8 +58,9 @@ class ObjectiveConfig:
                              f"(use kind=flow for 0), got {self.consistency_fraction}")
         if not self.consistency_weight > 0:
             raise ValueError(f"objective.consistency_weight must be positive, got {self.consistency_weight}")
-        if self.parameterization not in ("velocity", "endpoint"):
-            raise ValueError(f"objective.parameterization must be 'velocity' or 'endpoint', got {self.parameterization!r}")
+        if self.parameterization not in ("velocity", "endpoint", "landing"):
+            raise ValueError("objective.parameterization must be 'velocity', 'endpoint' or 'landing', "
+                             f"got {self.parameterization!r}")
         if self.parameterization != "velocity" and self.kind not in ("shortcut", "flow"):
             raise ValueError(f"objective.parameterization={self.parameterization!r} applies to kind shortcut or flow; "
                              f"kind {self.kind!r} sets its output with prediction_type")
