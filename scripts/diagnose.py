@@ -3,7 +3,7 @@
     python scripts/diagnose.py --checkpoints runs/L-shortcut/checkpoints/latest.pt runs/L-flow/checkpoints/latest.pt \\
         --names shortcut flow --out docs/results/pusht_lowdim-diagnostics.json
 
-Per step count: distance to the 128-step sample of the same noise (how well N steps reproduce many),
+Per step count: distance to the finest (max_steps, e.g. 128-step) sample of the same noise (how well N steps reproduce many),
 spread over noise draws, and distance to the demonstrated chunk (mean and best of K), in action
 units. No simulator; see shortcut_policy/eval/consistency.py.
 
@@ -28,7 +28,8 @@ def main() -> None:
     ap.add_argument("--checkpoints", nargs="+", required=True)
     ap.add_argument("--names", nargs="+", default=None)
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    ap.add_argument("--ref-steps", type=int, default=128)
+    ap.add_argument("--ref-steps", type=int, default=None,
+                    help="reference step count (default: each checkpoint's max_steps, its finest sampling)")
     ap.add_argument("--windows", type=int, default=64, help="held-out windows (validation episodes)")
     ap.add_argument("--noise", type=int, default=8, help="noise draws per window")
     ap.add_argument("--split", choices=["val", "train"], default="val")
@@ -55,7 +56,9 @@ def main() -> None:
             windows = pick_windows(ds.get_validation_dataset() if args.split == "val" else ds, args.windows)
         elif this_task.get("name") != task.get("name"):
             raise SystemExit(f"{ckpt} is a {this_task.get('name')!r} policy; the first was {task.get('name')!r}")
-        results[name] = step_diagnostics(policy, windows, args.steps, args.ref_steps, args.noise)
+        ref_steps = args.ref_steps or policy.cfg.objective.max_steps
+        steps = [s for s in args.steps if s <= ref_steps]
+        results[name] = step_diagnostics(policy, windows, steps, ref_steps, args.noise)
         results[name]["checkpoint"] = str(ckpt)
         if args.target_range is not None:
             ranges[name] = target_range(policy, windows, args.target_range, args.noise)
@@ -72,7 +75,8 @@ def main() -> None:
         steps = sorted({int(n) for r in results.values() for n in r["steps"]})
         Path(args.out).write_text(json.dumps({
             "task": task.get("name"), "method": "diagnostics", **provenance(), "split": args.split,
-            "windows": args.windows, "n_noise": args.noise, "ref_steps": args.ref_steps,
+            "windows": args.windows, "n_noise": args.noise,
+            "ref_steps": {name: r["ref_steps"] for name, r in results.items()},
             "checkpoints": {name: r["checkpoint"] for name, r in results.items()},
             "steps": {str(n): {name: r["steps"][str(n)] for name, r in results.items()} for n in steps},
             **({"target_range": ranges} if ranges else {})}, indent=1))

@@ -46,7 +46,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--steps", type=int, nargs="+", default=None,
-                    help=f"step counts (default {list(DEFAULT_STEPS)}; DDPM: 1 2 4 5 10 20 25 50 100)")
+                    help=f"step counts (default {list(DEFAULT_STEPS)} up to the checkpoint's max_steps; DDPM: 1 2 4 5 10 20 25 50 100)")
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--seed-start", type=int, default=100000)
     ap.add_argument("--weights", choices=["ema", "online"], default="ema")
@@ -79,7 +79,9 @@ def main() -> None:
             raise SystemExit(f"--sampler applies to diffusion checkpoints; this one is {ocfg.kind!r}")
         policy.objective.sampler = args.sampler
     kind = args.sampler or ocfg.kind
-    steps = args.steps or ([1, 2, 4, 5, 10, 20, 25, 50, 100] if kind == "ddpm" else list(DEFAULT_STEPS))
+    # default counts: the dyadic ones the checkpoint can take (up to its max_steps, or DDIM's timesteps)
+    most = ocfg.num_train_timesteps if kind == "ddim" else ocfg.max_steps
+    steps = args.steps or ([1, 2, 4, 5, 10, 20, 25, 50, 100] if kind == "ddpm" else [s for s in DEFAULT_STEPS if s <= most])
     state_cfg = policy.run_config
     task = state_cfg["task"]
     runner = make_runner_for(task, n_episodes=args.episodes, seed_start=args.seed_start)

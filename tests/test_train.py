@@ -149,7 +149,7 @@ def test_tiny_pusht_train_then_evaluate(tmp_path):
                     "n_obs_steps": 2, "n_action_steps": 8, "max_train_episodes": 90,
                     "env": {"max_steps": 40, "seed_start": 100000, "n_episodes": 2}},
            "policy": {"net": "unet1d", "net_kwargs": {"down_dims": [16, 32, 64], "emb_dim": 32}},
-           "objective": {"kind": "shortcut"},
+           "objective": {"kind": "shortcut", "max_steps": 8, "parameterization": "landing"},
            "train": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "log_every": 2, "progress": False},
            "eval": {"episodes": 2, "steps": [1]}, "out_dir": str(tmp_path)}
     out_dir, metrics = run_training(run)
@@ -172,11 +172,13 @@ def test_tiny_pusht_train_then_evaluate(tmp_path):
     spec.loader.exec_module(diagnose)
     out = tmp_path / "diag.json"
     argv, sys.argv = sys.argv, ["diagnose.py", "--checkpoints", str(out_dir / "checkpoints/latest.pt"), "--names", "tiny",
-                                "--steps", "1", "--ref-steps", "4", "--windows", "3", "--noise", "2", "--out", str(out)]
+                                "--steps", "1", "16", "--windows", "3", "--noise", "2", "--out", str(out)]
     try:
         diagnose.main()
     finally:
         sys.argv = argv
     d = json.loads(out.read_text())
-    assert d["task"] == "pusht_lowdim" and d["method"] == "diagnostics" and list(d["steps"]) == ["1", "4"]
-    assert d["steps"]["4"]["tiny"]["to_ref"] == 0.0 and d["steps"]["1"]["tiny"]["spread"] >= 0.0
+    # the reference defaults to the checkpoint's max_steps (8); counts above it are left out
+    assert d["task"] == "pusht_lowdim" and d["method"] == "diagnostics" and list(d["steps"]) == ["1", "8"]
+    assert d["ref_steps"] == {"tiny": 8}
+    assert d["steps"]["8"]["tiny"]["to_ref"] == 0.0 and d["steps"]["1"]["tiny"]["spread"] >= 0.0
