@@ -123,8 +123,17 @@ def test_endpoint_loss_is_the_error_of_the_data_estimate():
     torch.testing.assert_close(loss, x1.pow(2).mean(), rtol=1e-12, atol=1e-12)
     (_, t, _), = rec.calls
     assert t.max() > 0.5  # late t drawn, so an unweighted velocity loss would differ
+    # the same network and draws with the loss in velocity units: mean |(0 - x_t) / (1 - t) - (x1 - x0)|^2
+    rec.calls.clear()
+    loss_v, _ = ShortcutObjective(M, 0.0, parameterization="endpoint", loss_space="velocity").loss(
+        rec, x1, generator=torch.Generator().manual_seed(3))
+    (x_t, t, _), = rec.calls
+    x0 = (x_t - t[:, None] * x1) / (1 - t[:, None])
+    torch.testing.assert_close(loss_v, ((-x_t) / (1 - t[:, None]) - (x1 - x0)).pow(2).mean(), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="parameterization"):
         ShortcutObjective(M, 0.25, parameterization="x0")
+    with pytest.raises(ValueError, match="loss_space"):
+        ShortcutObjective(M, 0.25, loss_space="x")
 
 
 def test_flow_part_target_is_x1_minus_x0_on_aligned_grid():

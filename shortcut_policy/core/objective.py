@@ -103,11 +103,15 @@ class ShortcutObjective:
         parameterization: "velocity" (the network returns s, the reference), "endpoint" (the
             network returns x^ and s = (x^ - x_t) / (1 - t)) or "landing" (velocity, except that a
             jump ending at t = 1 returns its landing point); module doc.
+        loss_space: where the squared error is measured: "velocity" (s, weight 1) or "endpoint"
+            (x^ = x_t + (1 - t) s, i.e. the velocity error weighted by (1 - t)^2); None follows the
+            parameterization (endpoint for "endpoint", velocity otherwise).
     """
 
     def __init__(self, max_steps: int = 128, consistency_fraction: float = 0.25,
                  level_weights: Sequence[float] | None = None, clip: float | None = None,
-                 consistency_weight: float = 1.0, parameterization: str = "velocity"):
+                 consistency_weight: float = 1.0, parameterization: str = "velocity",
+                 loss_space: str | None = None):
         self.n_levels = check_max_steps(max_steps)
         self.max_steps = max_steps
         if not 0.0 <= consistency_fraction < 1.0:
@@ -129,6 +133,11 @@ class ShortcutObjective:
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
         self.parameterization = parameterization
+        if loss_space is None:
+            loss_space = "endpoint" if parameterization == "endpoint" else "velocity"
+        if loss_space not in ("velocity", "endpoint"):
+            raise ValueError(f"loss_space must be 'velocity', 'endpoint' or None, got {loss_space!r}")
+        self.loss_space = loss_space
 
     @property
     def flow_only(self) -> bool:
@@ -199,7 +208,7 @@ class ShortcutObjective:
         if pred.shape != x1.shape:
             raise ValueError(f"network output {tuple(pred.shape)} does not match data {tuple(x1.shape)}")
         err = (pred - target).pow(2).flatten(1).mean(1)  # (B,)
-        if self.parameterization == "endpoint":
+        if self.loss_space == "endpoint":
             err = err * (1 - t) ** 2  # the error of x^ = x_t + (1 - t) s
         loss = (err[nb:].sum() + self.consistency_weight * err[:nb].sum()) / B
         info = {"loss": loss.item(), "loss_flow": err[nb:].mean().item() if nb < B else 0.0,
@@ -241,5 +250,6 @@ class ShortcutObjective:
         return {"kind": "flow" if self.flow_only else "shortcut", "max_steps": self.max_steps,
                 "consistency_fraction": self.consistency_fraction,
                 "level_weights": self.level_weights.tolist(), "clip": self.clip,
-                "consistency_weight": self.consistency_weight, "parameterization": self.parameterization}
+                "consistency_weight": self.consistency_weight, "parameterization": self.parameterization,
+                "loss_space": self.loss_space}
 

@@ -30,6 +30,9 @@ class ObjectiveConfig:
     # estimate x^ at t = 1, velocity (x^ - x_t) / (1 - t)) or "landing" (velocity, except that a jump
     # that ends at t = 1 returns its landing point); flow and shortcut kinds only
     parameterization: str = "velocity"
+    # where the loss is measured: "velocity" or "endpoint" (x^, i.e. weight (1 - t)^2); None = follow
+    # the parameterization
+    loss_space: str | None = None
     # teacher of the consistency targets: "online" (current weights, no-grad) or "ema"
     teacher: str = "online"
     teacher_ema_decay: float = 0.999
@@ -64,6 +67,8 @@ class ObjectiveConfig:
         if self.parameterization != "velocity" and self.kind not in ("shortcut", "flow"):
             raise ValueError(f"objective.parameterization={self.parameterization!r} applies to kind shortcut or flow; "
                              f"kind {self.kind!r} sets its output with prediction_type")
+        if self.loss_space not in (None, "velocity", "endpoint"):
+            raise ValueError(f"objective.loss_space must be 'velocity', 'endpoint' or null, got {self.loss_space!r}")
         if self.d_embedding not in ("log2", "linear"):
             raise ValueError(f"objective.d_embedding must be 'log2' or 'linear', got {self.d_embedding!r}")
 

@@ -31,7 +31,8 @@ def make_objective(cfg: ObjectiveConfig) -> ShortcutObjective | DiffusionObjecti
     if cfg.kind in ("shortcut", "flow"):
         frac = cfg.consistency_fraction if cfg.kind == "shortcut" else 0.0
         return ShortcutObjective(cfg.max_steps, frac, level_weights=cfg.level_weights, clip=cfg.clip,
-                                 consistency_weight=cfg.consistency_weight, parameterization=cfg.parameterization)
+                                 consistency_weight=cfg.consistency_weight, parameterization=cfg.parameterization,
+                                 loss_space=cfg.loss_space)
     return DiffusionObjective(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                               prediction_type=cfg.prediction_type, sampler=cfg.kind,
                               timestep_spacing=cfg.timestep_spacing, max_steps=cfg.max_steps)
