@@ -4,6 +4,8 @@
         --b docs/results/pusht_lowdim-flow_long.json --steps 1 2
     # several training seeds per side: each side is averaged over its files episode by episode
     python scripts/compare.py --a runs/s0.json runs/s1.json --b runs/f0.json runs/f1.json --names shortcut flow
+    # one side at a fixed other count: shortcut at 1 call against DDPM at 100 steps, same episodes
+    python scripts/compare.py --a runs/s0.json --b runs/ddpm.json --steps 1 --b-steps 100
 
 Prints, per step count, both means, the mean per-episode difference (a - b) with its standard error
 over episodes, and how many episodes each side won; when each side has two or more training seeds,
@@ -29,6 +31,8 @@ def main() -> None:
     ap.add_argument("--names", nargs=2, default=None, help="column names (default: the files' methods)")
     ap.add_argument("--steps", type=int, nargs="+", default=None,
                     help="step counts (default: every count present on both sides)")
+    ap.add_argument("--b-steps", type=int, default=None,
+                    help="evaluate side b at this one step count against each of a's (e.g. 100 for DDPM-100)")
     ap.add_argument("--out", default=None, help="write the comparison as JSON")
     ap.add_argument("--plot", default=None,
                     help="write a plot (PNG): score per training seed vs calls, and the difference with its interval")
@@ -47,12 +51,12 @@ def main() -> None:
     if args.steps:
         steps = args.steps
     else:
-        common = set.intersection(*[set(r.get("steps", {})) for r in [*a, *b]])
+        common = set.intersection(*[set(r.get("steps", {})) for r in (a if args.b_steps else [*a, *b])])
         steps = sorted(map(int, common))
     if not steps:
         raise SystemExit("the two sides share no step count")
     try:
-        rows = [paired_difference(a, b, n) for n in steps]
+        rows = [paired_difference(a, b, n, b_steps=args.b_steps) for n in steps]
     except (KeyError, ValueError) as e:
         raise SystemExit(str(e.args[0] if e.args else e))
     print(format_comparison(rows, *names))

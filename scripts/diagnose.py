@@ -78,6 +78,7 @@ def main() -> None:
             "windows": args.windows, "n_noise": args.noise,
             "ref_steps": {name: r["ref_steps"] for name, r in results.items()},
             "checkpoints": {name: r["checkpoint"] for name, r in results.items()},
+            "demo_roughness": {name: r["demo_roughness"] for name, r in results.items()},
             "steps": {str(n): {name: r["steps"][str(n)] for name, r in results.items()} for n in steps},
             **({"target_range": ranges} if ranges else {})}, indent=1))
         print(f"wrote {args.out}")

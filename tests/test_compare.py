@@ -99,6 +99,25 @@ def test_welch_with_three_seeds_per_side():
         welch(ma[:1], mb)
 
 
+def test_side_b_at_a_fixed_other_step_count(tmp_path):
+    """One call of a against 100 steps of b (a DDPM baseline) on the same episodes."""
+    a = result("shortcut", {1: [0.9, 0.8, 0.7], 2: [1.0, 1.0, 1.0]})
+    b = result("ddpm", {100: [0.6, 0.8, 0.9]})
+    r = paired_difference([a], [b], 1, b_steps=100)
+    assert (r["steps"], r["b_steps"]) == (1, 100)
+    assert r["diff"] == pytest.approx(0.8 - (0.6 + 0.8 + 0.9) / 3)
+    assert (r["wins"], r["losses"]) == (1, 1)
+    assert "| 1 vs 100 |" in format_comparison([r], "shortcut", "ddpm")
+    with pytest.raises(KeyError, match="no entry for 1 steps"):
+        paired_difference([a], [b], 1)  # without b_steps, b must have the same count
+    fa, fb = tmp_path / "a.json", tmp_path / "b.json"
+    fa.write_text(json.dumps(a)), fb.write_text(json.dumps(b))
+    p = subprocess.run([sys.executable, str(REPO / "scripts/compare.py"), "--a", str(fa), "--b", str(fb),
+                        "--b-steps", "100"], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    assert "| 1 vs 100 |" in p.stdout and "| 2 vs 100 |" in p.stdout  # every count of a, against b's 100
+
+
 def test_refuses_unpaired_or_incomplete_results():
     a = result("a", {1: [0.9, 0.8]})
     with pytest.raises(ValueError, match="different episode seeds"):

@@ -181,4 +181,5 @@ def test_tiny_pusht_train_then_evaluate(tmp_path):
     # the reference defaults to the checkpoint's max_steps (8); counts above it are left out
     assert d["task"] == "pusht_lowdim" and d["method"] == "diagnostics" and list(d["steps"]) == ["1", "8"]
     assert d["ref_steps"] == {"tiny": 8}
+    assert d["demo_roughness"]["tiny"] > 0.0  # the demonstrations' own jitter, the yardstick for "roughness"
     assert d["steps"]["8"]["tiny"]["to_ref"] == 0.0 and d["steps"]["1"]["tiny"]["spread"] >= 0.0

@@ -100,8 +100,12 @@ def welch(ma: np.ndarray, mb: np.ndarray) -> dict[str, float]:
             "p_seeds": t_sf(diff / se, df)}
 
 
-def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], steps: int) -> dict[str, Any]:
+def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], steps: int,
+                      b_steps: int | None = None) -> dict[str, Any]:
     """Score difference (a - b) at ``steps`` calls, paired by episode seed.
+
+    ``b_steps`` evaluates side b at a fixed other count (one shortcut call against 100 DDPM steps,
+    say); by default both sides use ``steps``.
 
     ``a`` and ``b`` are lists of results files (one per training seed); each side is first averaged
     over its training seeds episode by episode. Returns the mean difference with its standard error
@@ -119,13 +123,13 @@ def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], 
         raise ValueError(f"results were evaluated on different episode seeds ({sorted(seeds)}, "
                          f"episodes {sorted(episodes, key=str)}); a paired comparison needs the same ones")
     sa = np.stack([episode_scores(r, steps) for r in a])
-    sb = np.stack([episode_scores(r, steps) for r in b])
+    sb = np.stack([episode_scores(r, steps if b_steps is None else b_steps) for r in b])
     if sa.shape[1] != sb.shape[1]:
         raise ValueError(f"episode counts differ: {sa.shape[1]} vs {sb.shape[1]}")
     diff = sa.mean(0) - sb.mean(0)
     n = diff.shape[0]
     out: dict[str, Any] = {
-        "steps": steps, "episodes": n,
+        "steps": steps, "b_steps": steps if b_steps is None else b_steps, "episodes": n,
         "a_mean": float(sa.mean()), "b_mean": float(sb.mean()),
         "a_seed_means": [float(x) for x in sa.mean(1)], "b_seed_means": [float(x) for x in sb.mean(1)],
         "diff": float(diff.mean()),
@@ -145,7 +149,8 @@ def format_comparison(rows: Sequence[dict[str, Any]], a_name: str, b_name: str) 
         seeds = f"{r['sem_seeds']:.3f}" if "sem_seeds" in r else "-"
         ci = (f"{r['ci95_seeds'][0]:+.3f} to {r['ci95_seeds'][1]:+.3f} (p {r['p_seeds']:.2f})"
               if "ci95_seeds" in r else "-")
-        lines.append(f"| {r['steps']} | {r['a_mean']:.3f} | {r['b_mean']:.3f} | {r['diff']:+.3f} "
+        calls = r["steps"] if r.get("b_steps", r["steps"]) == r["steps"] else f"{r['steps']} vs {r['b_steps']}"
+        lines.append(f"| {calls} | {r['a_mean']:.3f} | {r['b_mean']:.3f} | {r['diff']:+.3f} "
                      f"({r['sem_episodes']:.3f}) | {seeds} | {ci} | {r['wins']} / {r['losses']} |")
     return "\n".join(lines)
 
