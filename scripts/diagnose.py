@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from shortcut_policy.eval.consistency import format_diagnostics, pick_windows, step_diagnostics, target_range
+from shortcut_policy.eval.consistency import by_step_count, format_diagnostics, pick_windows, step_diagnostics, target_range
 from shortcut_policy.train.run import load_policy, make_dataset
 from shortcut_policy.utils import provenance
 
@@ -72,14 +72,13 @@ def main() -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         # results format (docs/results): step counts as keys, one entry per checkpoint under each
-        steps = sorted({int(n) for r in results.values() for n in r["steps"]})
         Path(args.out).write_text(json.dumps({
             "task": task.get("name"), "method": "diagnostics", **provenance(), "split": args.split,
             "windows": args.windows, "n_noise": args.noise,
             "ref_steps": {name: r["ref_steps"] for name, r in results.items()},
             "checkpoints": {name: r["checkpoint"] for name, r in results.items()},
             "demo_roughness": {name: r["demo_roughness"] for name, r in results.items()},
-            "steps": {str(n): {name: r["steps"][str(n)] for name, r in results.items()} for n in steps},
+            "steps": by_step_count(results),
             **({"target_range": ranges} if ranges else {})}, indent=1))
         print(f"wrote {args.out}")
 

@@ -28,6 +28,8 @@ def main() -> None:
     ap.add_argument("--results", default="docs/results")
     ap.add_argument("--out", default=None, help="markdown path (default <results>/<task>.md); plot beside it")
     ap.add_argument("--methods", nargs="*", default=None, help="file stems to include, in order (default all)")
+    ap.add_argument("--plot-methods", nargs="*", default=None,
+                    help="methods drawn in the plot (default: every method in the table; a dozen stays readable)")
     args = ap.parse_args()
 
     files = sorted(Path(args.results).glob(f"{args.task}-*.json"))
@@ -62,7 +64,14 @@ def main() -> None:
         lines.append(f"- **{name}**: `{d['command']}`; {d['machine']}; {d['date']}; seeds {d.get('seeds')}")
     out = Path(args.out or Path(args.results) / f"{args.task}.md")
     out.write_text("\n".join(lines) + "\n")
-    plot_sweeps(runs, str(out.with_suffix(".png")), title=f"{args.task}: {len(runs)} methods; see {out.name}")
+    plotted = runs
+    if args.plot_methods:
+        missing = [m for m in args.plot_methods if m not in runs]
+        if missing:
+            raise SystemExit(f"--plot-methods {missing} are not in the table")
+        plotted = {m: runs[m] for m in args.plot_methods}
+    plot_sweeps(plotted, str(out.with_suffix(".png")),
+                title=f"{args.task}: {len(plotted)} of {len(runs)} methods; every row in {out.name}")
     print("\n".join(lines))
 
 

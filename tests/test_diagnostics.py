@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from shortcut_policy.eval.consistency import format_diagnostics, pick_windows, step_diagnostics, target_range
+from shortcut_policy.eval.consistency import by_step_count, format_diagnostics, pick_windows, step_diagnostics, target_range
 from shortcut_policy.policy import ObjectiveConfig, PolicyConfig, ShortcutPolicy
 
 
@@ -64,6 +64,19 @@ def test_known_flow_gives_the_expected_distances():
     assert res["demo_roughness"] == pytest.approx(float(second_diff(demo).pow(2).mean().sqrt()), rel=1e-5)
     table = format_diagnostics({"m": res})
     assert "| m | 1 |" in table and f"{r['1']['noise_leak']:+.3f}" in table
+
+
+def test_checkpoints_with_different_finest_counts_share_one_file():
+    """One diagnose run over a max_steps-8 and a max_steps-16 checkpoint: each is sampled up to its own
+    finest count and the results file lists a count under the checkpoints that have it."""
+    p, ws = policy_with(Contract()), windows(3)
+    res = {"m8": step_diagnostics(p, ws, steps_list=[1, 8], ref_steps=8, n_noise=2),
+           "m16": step_diagnostics(p, ws, steps_list=[1, 8, 16], ref_steps=16, n_noise=2)}
+    doc = by_step_count(res)
+    assert list(doc) == ["1", "8", "16"]
+    assert set(doc["1"]) == set(doc["8"]) == {"m8", "m16"} and set(doc["16"]) == {"m16"}
+    assert doc["8"]["m8"]["to_ref"] == 0.0 and doc["8"]["m16"]["to_ref"] > 0.0
+    assert doc["16"]["m16"] is res["m16"]["steps"]["16"]
 
 
 def test_bad_input_is_named():

@@ -31,3 +31,15 @@ def test_report_tables_sweeps_and_names_missing_methods(tmp_path):
     bad = _report(tmp_path, "a", "diagnostics", "nosuch")
     assert bad.returncode != 0
     assert "['diagnostics', 'nosuch']" in bad.stderr
+
+
+def test_plot_methods_choose_the_plotted_subset(tmp_path):
+    _write(tmp_path, "a", _sweep(0.75))
+    _write(tmp_path, "b", _sweep(0.5))
+    ok = _report(tmp_path, "a", "b", "--plot-methods", "b")
+    assert ok.returncode == 0, ok.stderr
+    table = (tmp_path / "r.md").read_text()
+    assert "| a |" in table and "| b |" in table  # the table keeps every method
+    assert (tmp_path / "r.png").stat().st_size > 0
+    bad = _report(tmp_path, "a", "--plot-methods", "b")  # b is not in the table
+    assert bad.returncode != 0 and "--plot-methods ['b']" in bad.stderr

@@ -132,6 +132,15 @@ def pick_windows(dataset, n: int, seed: int = 0) -> list[dict[str, torch.Tensor]
     return [dataset[int(i)] for i in np.sort(idx)]
 
 
+def by_step_count(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Regroup per-checkpoint results as {step count: {checkpoint: entry}} (the results-file layout).
+    Checkpoints with different ``max_steps`` share a file: a count appears under the checkpoints that
+    were sampled at it (one with max_steps 8 has no 16-step entry)."""
+    counts = sorted({int(n) for r in results.values() for n in r["steps"]})
+    return {str(n): {name: r["steps"][str(n)] for name, r in results.items() if str(n) in r["steps"]}
+            for n in counts}
+
+
 def format_diagnostics(results: dict[str, dict[str, Any]]) -> str:
     """Markdown table, one row per (method, step count)."""
     lines = ["| method | steps | to ref (RMS) | spread | to demo | best of K to demo | roughness (demo) | noise leak |",

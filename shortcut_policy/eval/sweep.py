@@ -63,23 +63,28 @@ def plot_sweeps(results: dict[str, dict[str, Any]], path: str, title: str = "") 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
     for i, (method, res) in enumerate(results.items()):
         ns = [int(k) for k in res["steps"]]
         rs = list(res["steps"].values())
-        a1.plot(ns, [r["score"] for r in rs], "o-", color=f"C{i}", label=f"{method} score")
-        a1.plot(ns, [r["success"] for r in rs], "s--", color=f"C{i}", alpha=0.6, label=f"{method} success")
-        a2.plot(ns, [r["latency_ms_p50"] for r in rs], "o-", color=f"C{i}", label=method)
-    a1.set_ylabel("score / success")
+        color = plt.cm.tab20(i % 20) if len(results) > 10 else f"C{i}"
+        a1.plot(ns, [r["score"] for r in rs], "o-", color=color, label=method)
+        a1.plot(ns, [r["success"] for r in rs], "s--", color=color, alpha=0.5)
+        a2.plot(ns, [r["latency_ms_p50"] for r in rs], "o-", color=color)
+    a1.set_ylabel("score (solid) / success (dashed)")
     a1.set_ylim(0, 1.02)
     a2.set_ylabel("chunk latency p50, batch 1 (ms)")
     a2.set_yscale("log")
-    save_calls_figure(fig, (a1, a2), path, title)
+    # one legend for both panels, beside them, so that it never covers the curves
+    fig.legend(*a1.get_legend_handles_labels(), loc="center right", fontsize=7)
+    save_calls_figure(fig, (a1, a2), path, title, legend=False, rect=(0, 0, 0.8, 1))
 
 
-def save_calls_figure(fig, axes, path: str, title: str = "", ticks: list[int] | None = None) -> None:
-    """Finish and write a figure whose x axes are network calls per chunk (log2 scale): grid, legends,
-    a wrapped title, then close it."""
+def save_calls_figure(fig, axes, path: str, title: str = "", ticks: list[int] | None = None, legend: bool = True,
+                      rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
+    """Finish and write a figure whose x axes are network calls per chunk (log2 scale): grid, legends
+    (one per axis unless ``legend`` is False), a wrapped title, the axes laid out inside ``rect``,
+    then close it."""
     import matplotlib.pyplot as plt
 
     for a in axes:
@@ -88,8 +93,9 @@ def save_calls_figure(fig, axes, path: str, title: str = "", ticks: list[int] | 
             a.set_xticks(ticks, [str(n) for n in ticks])
         a.set_xlabel("network calls per chunk")
         a.grid(alpha=0.3)
-        a.legend(fontsize=7)
+        if legend:
+            a.legend(fontsize=7)
     fig.suptitle("\n".join(textwrap.wrap(title, 160)), fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     plt.close(fig)
