@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from envs.pusht import PushTKeypointsEnv
-from shortcut_policy.deploy.control import DYADIC_STEPS, ControllerConfig, ControlStats, RealTimeController, auto_steps
+from shortcut_policy.core.schedule import dyadic_counts
+from shortcut_policy.deploy.control import ControllerConfig, ControlStats, RealTimeController, auto_steps
 from shortcut_policy.train.run import load_policy
 from shortcut_policy.utils import provenance, write_result
 
@@ -188,8 +189,8 @@ def main() -> None:
     for entry in args.steps:
         if entry == "auto":
             make = lambda s: shortcut_infer(s)(0)  # noqa: E731
-            candidates = [s for s in DYADIC_STEPS if s <= cfg.objective.max_steps]
-            steps, table = auto_steps(make, obs_example, config.deadline, args.margin_ms / 1e3, steps=candidates)
+            steps, table = auto_steps(make, obs_example, config.deadline, args.margin_ms / 1e3,
+                                      steps=dyadic_counts(cfg.objective.max_steps))
             out["auto"] = {"chosen_steps": steps, "deadline_ms": config.deadline * 1e3, "margin_ms": args.margin_ms,
                            "latency_ms": {str(s): {"p50": r["p50_s"] * 1e3, "p99": r["q_s"] * 1e3}
                                           for s, r in table.items()}}

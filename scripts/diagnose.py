@@ -57,8 +57,8 @@ def main() -> None:
         elif this_task.get("name") != task.get("name"):
             raise SystemExit(f"{ckpt} is a {this_task.get('name')!r} policy; the first was {task.get('name')!r}")
         ref_steps = args.ref_steps or policy.cfg.objective.max_steps
-        steps = [s for s in args.steps if s <= ref_steps]
-        results[name] = step_diagnostics(policy, windows, steps, ref_steps, args.noise)
+        results[name] = step_diagnostics(policy, windows, [s for s in args.steps if s <= ref_steps], ref_steps,
+                                         args.noise)
         results[name]["checkpoint"] = str(ckpt)
         if args.target_range is not None:
             ranges[name] = target_range(policy, windows, args.target_range, args.noise)

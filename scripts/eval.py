@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from shortcut_policy.core.schedule import dyadic_counts
 from shortcut_policy.eval.sweep import DEFAULT_STEPS, format_table, plot_sweeps, sweep
 from shortcut_policy.train.run import load_policy, make_runner_for, training_command
 from shortcut_policy.utils import provenance
@@ -81,7 +82,7 @@ def main() -> None:
     kind = args.sampler or ocfg.kind
     # default counts: the dyadic ones the checkpoint can take (up to its max_steps, or DDIM's timesteps)
     most = ocfg.num_train_timesteps if kind == "ddim" else ocfg.max_steps
-    steps = args.steps or ([1, 2, 4, 5, 10, 20, 25, 50, 100] if kind == "ddpm" else [s for s in DEFAULT_STEPS if s <= most])
+    steps = args.steps or ([1, 2, 4, 5, 10, 20, 25, 50, 100] if kind == "ddpm" else dyadic_counts(most))
     state_cfg = policy.run_config
     task = state_cfg["task"]
     runner = make_runner_for(task, n_episodes=args.episodes, seed_start=args.seed_start)

@@ -127,6 +127,10 @@ def test_bad_inputs_are_named():
         ObjectiveConfig(kind="ddpm", parameterization="endpoint")
     with pytest.raises(ValueError, match="consistency_weight"):
         ObjectiveConfig(consistency_weight=-1.0)
+    with pytest.raises(ValueError, match="objective.loss_space"):
+        ObjectiveConfig(loss_space="x0")
+    with pytest.raises(ValueError, match="has its own loss"):
+        ObjectiveConfig(kind="ddim", loss_space="endpoint")  # would otherwise be ignored without a word
 
 
 @pytest.mark.parametrize("kind, param", [("shortcut", "endpoint"), ("flow", "endpoint"), ("shortcut", "landing")])

@@ -78,3 +78,13 @@ def test_sampler_point_oracle_lands_on_the_point_for_every_budget():
 def test_sampler_rejects_wrong_output_shape():
     with pytest.raises(ValueError, match="model returned shape"):
         sample(lambda x, t, d, c: x[:, :1], torch.zeros(2, 3), 1)
+
+
+def test_default_step_counts_stop_at_what_the_sampler_can_take():
+    from shortcut_policy.core.schedule import DYADIC_COUNTS, dyadic_counts
+    from shortcut_policy.deploy.control import DYADIC_STEPS
+
+    assert dyadic_counts(16) == [1, 2, 4, 8, 16]
+    assert dyadic_counts(100) == [1, 2, 4, 8, 16, 32, 64]  # DDIM over 100 training timesteps
+    assert dyadic_counts(128) == list(DYADIC_COUNTS)
+    assert DYADIC_STEPS == DYADIC_COUNTS  # the torch-free deployment copy agrees with the core one

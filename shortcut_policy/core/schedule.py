@@ -16,6 +16,15 @@ def check_max_steps(max_steps: int) -> int:
     return int(math.log2(max_steps))
 
 
+DYADIC_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)  # the step counts swept, timed and deployed by default
+
+
+def dyadic_counts(up_to: int) -> list[int]:
+    """The default step counts a sampler with at most ``up_to`` steps can take (a checkpoint's
+    max_steps, or DDIM's training timesteps)."""
+    return [n for n in DYADIC_COUNTS if n <= up_to]
+
+
 def dyadic_step_sizes(max_steps: int) -> list[float]:
     """All step sizes d = 1, 1/2, ..., 1/M (largest first)."""
     n_levels = check_max_steps(max_steps)

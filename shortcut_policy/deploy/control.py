@@ -48,7 +48,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 ActFn = Callable[[np.ndarray], np.ndarray]  # (1, n_obs_steps, obs_dim) -> (1, n_action_steps, action_dim)
-DYADIC_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
+DYADIC_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)  # core.schedule.DYADIC_COUNTS; kept here so deployment needs no torch
 _EPS = 1e-9  # seconds: tick times are sums of floats; equal instants must compare equal
 
 

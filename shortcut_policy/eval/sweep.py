@@ -8,9 +8,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..core.schedule import DYADIC_COUNTS
 from .latency import measure_latency
 
-DEFAULT_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)
+DEFAULT_STEPS = DYADIC_COUNTS
 
 
 def sweep(policy, runner, steps_list: Sequence[int] = DEFAULT_STEPS, latency_iters: int = 50,

@@ -69,6 +69,9 @@ class ObjectiveConfig:
                              f"kind {self.kind!r} sets its output with prediction_type")
         if self.loss_space not in (None, "velocity", "endpoint"):
             raise ValueError(f"objective.loss_space must be 'velocity', 'endpoint' or null, got {self.loss_space!r}")
+        if self.loss_space is not None and self.kind not in ("shortcut", "flow"):
+            raise ValueError(f"objective.loss_space={self.loss_space!r} applies to kind shortcut or flow; "
+                             f"kind {self.kind!r} has its own loss")
         if self.d_embedding not in ("log2", "linear"):
             raise ValueError(f"objective.d_embedding must be 'log2' or 'linear', got {self.d_embedding!r}")
 
