@@ -1,0 +1,27 @@
+"""scripts/losses.py: final training losses of runs, averaged over the last logged values."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_final_losses_average_the_last_entries_and_name_missing_runs(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    rows = [{"step": s, "train/loss": 1.0 * s, "train/loss_flow": 2.0 * s} for s in (10, 20, 30)]
+    rows.insert(1, {"step": 20, "val/loss": 9.0})  # other entries are skipped
+    (run / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    out = tmp_path / "l.json"
+    p = subprocess.run([sys.executable, str(ROOT / "scripts/losses.py"), "--runs", str(run), "--last", "2",
+                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(out.read_text())["runs"]["r"]
+    assert r["steps"] == [20, 30]
+    assert r["loss"] == pytest.approx(25.0) and r["loss_flow"] == pytest.approx(50.0)
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts/losses.py"), "--runs", str(tmp_path / "none")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "no metrics.jsonl" in bad.stderr
