@@ -12,13 +12,13 @@ from envs.base import ActFn, EnvRunner, RolloutResult
 __all__ = ["ActFn", "EnvRunner", "RolloutResult", "make_runner", "register_runner", "runner_names"]
 
 
-def _pusht_lowdim(**kwargs) -> EnvRunner:
+def _pusht_keypoints(**kwargs) -> EnvRunner:
     from envs.pusht import PushTRunner
 
     return PushTRunner(**kwargs)
 
 
-_RUNNERS: dict[str, Callable[..., EnvRunner]] = {"pusht_lowdim": _pusht_lowdim}
+_RUNNERS: dict[str, Callable[..., EnvRunner]] = {"pusht_keypoints": _pusht_keypoints}
 
 
 def register_runner(name: str, factory: Callable[..., EnvRunner]) -> None:

@@ -3,9 +3,11 @@
 A policy reaches a runner only as an ``ActFn``, so evaluators never import a simulator and a
 new suite (Adroit, Meta-World, robosuite) only adds an ``EnvRunner`` subclass:
 
-    act_fn(obs: (B, n_obs_steps, obs_dim) float32) -> actions: (B, n_action_steps, action_dim)
+    act_fn(obs: {key: (B, n_obs_steps, *shape)}) -> actions: (B, n_action_steps, action_dim)
 
-B is the number of episodes still running, so it shrinks as episodes finish.
+with the observation keys, shapes and dtypes of the env (``observation_shapes``), which must be
+those of the policy's ``shape_meta``. B is the number of episodes still running, so it shrinks
+as episodes finish.
 Numpy only: nothing here imports torch or a simulator.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-ActFn = Callable[[np.ndarray], np.ndarray]
+ActFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
 @dataclass
@@ -99,13 +101,17 @@ class RolloutResult:
 class EnvRunner(abc.ABC):
     """Runs a policy, seen only as an ``ActFn``, on a fixed set of seeded episodes.
 
-    Subclasses set ``obs_dim, action_dim, n_obs_steps, n_action_steps`` and implement ``run``.
+    Subclasses set ``action_dim, n_obs_steps, n_action_steps`` and implement ``run`` and
+    ``observation_shapes``.
     """
 
-    obs_dim: int
     action_dim: int
     n_obs_steps: int
     n_action_steps: int
+
+    @abc.abstractmethod
+    def observation_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """{key: (per-step shape, dtype)} of the observations act_fn receives."""
 
     @abc.abstractmethod
     def run(

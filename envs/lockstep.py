@@ -1,9 +1,9 @@
 """All episodes of an evaluation in lockstep, in one process, with one act_fn call per chunk.
 
 A suite subclasses ``LockstepRunner`` and only says how to build one single-step env
-(``make_env``) and, if it differs from ``info["is_success"]``, what success means. Episodes
-run side by side: at each chunk boundary act_fn sees the batch of episodes still running,
-(B, n_obs_steps, obs_dim), and finished episodes leave the batch. Each episode's env is
+(``make_env``, a Dict observation space of Boxes) and, if it differs from ``info["is_success"]``,
+what success means. Episodes run side by side: at each chunk boundary act_fn sees the batch of
+episodes still running, {key: (B, n_obs_steps, *shape)}, and finished episodes leave the batch. Each episode's env is
 seeded on reset and independent of the others, so results do not depend on the batch.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from envs.video import VideoRecorder
 
 
 class LockstepRunner(EnvRunner):
-    """Shared rollout loop; subclasses implement ``make_env`` and set ``obs_dim``/``action_dim``."""
+    """Shared rollout loop; subclasses implement ``make_env`` and set ``action_dim``."""
 
     name: str = "env"
     fps: float = 10.0  # video frame rate (the env's control rate)
@@ -40,7 +40,15 @@ class LockstepRunner(EnvRunner):
 
     @abc.abstractmethod
     def make_env(self) -> gym.Env:
-        """One single-step env: obs (obs_dim,), action (action_dim,), render_mode 'rgb_array', no time limit."""
+        """One single-step env: a Dict observation space of Boxes, action (action_dim,), render_mode
+        'rgb_array', no time limit."""
+
+    def observation_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        space = self._env(0).env.observation_space  # the single-step env's (under MultiStepWrapper)
+        if not isinstance(space, gym.spaces.Dict):
+            raise TypeError(f"{type(self).__name__}.make_env must return an env with a Dict observation space "
+                            f"(one entry per shape_meta key), got {type(space).__name__}")
+        return {k: (tuple(b.shape), np.dtype(b.dtype)) for k, b in space.items()}
 
     def episode_success(self, info: dict) -> bool:
         return bool(info.get("is_success", False))
@@ -69,7 +77,7 @@ class LockstepRunner(EnvRunner):
         n = len(seeds)
         n_vid = check_n_videos(n_videos, video_dir, seeds)
         envs = [self._env(i) for i in range(n)]
-        obs = np.zeros((n, self.n_obs_steps, self.obs_dim), dtype=np.float32)
+        obs: list[dict[str, np.ndarray]] = [{} for _ in range(n)]  # per episode {key: (To, *shape)}
         scores = np.full(n, -np.inf)
         successes = np.zeros(n, dtype=bool)
         lengths = np.zeros(n, dtype=np.int64)
@@ -83,7 +91,7 @@ class LockstepRunner(EnvRunner):
                 obs[i], _ = envs[i].reset(seed=seed, options=self.reset_options(i, n))
             active = list(range(n))
             while active:
-                batch = obs[active]  # (B, n_obs_steps, obs_dim), a copy
+                batch = {k: np.stack([obs[i][k] for i in active]) for k in obs[active[0]]}  # {k: (B, To, ...)}
                 t0 = time.perf_counter()
                 actions = act_fn(batch)
                 act_times.append(time.perf_counter() - t0)

@@ -1,9 +1,10 @@
 """PushT with Diffusion Policy's low-dim observation, on gym-pusht's simulator.
 
-Observation (20,) float32, pixels in [0, 512]: the T block's 9 keypoints, row-major
-(x0, y0, x1, y1, ..., x8, y8), then the agent position (x, y) -- the layout of
-``data/keypoint`` + ``data/state[:, :2]`` in pusht_cchi_v7_replay.zarr. Not gym-pusht's own
-``environment_state`` (8 polygon corners, another layout).
+Observation, a dict of float32 arrays in pixels: ``keypoint`` (9, 2), the T block's 9 keypoints
+computed from the block pose, and ``agent_pos`` (2,), the agent position -- the arrays
+``data/keypoint`` and ``data/state[:, :2]`` of pusht_cchi_v7_replay.zarr (the task config
+``configs/task/pusht_lowdim.yaml`` names them). Not gym-pusht's own ``environment_state`` (8
+polygon corners, another layout).
 
 Reward and success are gym-pusht's, unchanged (checked in gym_pusht 0.1.8, envs/pusht.py
 ``PushTEnv.step``): coverage = area(block ∩ goal) / area(goal), reward = clip(coverage / 0.95,
@@ -57,8 +58,10 @@ BLOCK_KEYPOINTS_LOCAL = np.array(
 # the mean of the two bars' centroids (0, 15) and (0, 75).
 BLOCK_COG_LOCAL = np.array([0.0, 45.0])
 
-OBS_DIM = 20
 ACTION_DIM = 2
+# Keypoints lie up to 124 px from the block origin, which the arena walls keep inside [0, 512]:
+# they can leave the window by that much (seen: -3.2 to 512.6), so the declared box is wider.
+KEYPOINT_BOUNDS = (-128.0, 640.0)
 
 
 def _rot(angle: np.ndarray) -> np.ndarray:
@@ -84,11 +87,11 @@ def keypoints_from_state(state) -> np.ndarray:
     return np.einsum("...ij,kj->...ki", rot, BLOCK_KEYPOINTS_LOCAL) + s[..., None, 2:4]  # (..., 9, 2)
 
 
-def lowdim_obs_from_state(state) -> np.ndarray:
-    """Diffusion Policy's low-dim observation from states: (..., 5) -> (..., 20) float32."""
+def lowdim_obs_from_state(state) -> dict[str, np.ndarray]:
+    """Diffusion Policy's low-dim observation from states (..., 5): {"keypoint": (..., 9, 2),
+    "agent_pos": (..., 2)}, float32."""
     s = _as_states(state)
-    kp = keypoints_from_state(s)  # (..., 9, 2)
-    return np.concatenate([kp.reshape(*kp.shape[:-2], 18), s[..., :2]], axis=-1).astype(np.float32)
+    return {"keypoint": keypoints_from_state(s).astype(np.float32), "agent_pos": s[..., :2].astype(np.float32)}
 
 
 def legacy_reset_state(state) -> np.ndarray:
@@ -118,7 +121,8 @@ def _import_gym_pusht():
 
 
 class PushTKeypointsEnv(gym.ObservationWrapper):
-    """gym-pusht's PushT-v0 (obs_type="state") seen through the 20-number keypoint observation.
+    """gym-pusht's PushT-v0 (obs_type="state") seen through the keypoint observation
+    {"keypoint": (9, 2), "agent_pos": (2,)}.
 
     reset(seed=..., options={"reset_to_state": [ax, ay, bx, by, angle]}) is passed to gym-pusht
     unchanged (see ``legacy_reset_state`` for what that state means). ``render()`` gives an
@@ -139,10 +143,12 @@ class PushTKeypointsEnv(gym.ObservationWrapper):
             **pusht_kwargs,
         ).unwrapped  # drop the registered TimeLimit: the step limit belongs to the caller
         super().__init__(env)
-        self.observation_space = spaces.Box(low=0.0, high=512.0, shape=(OBS_DIM,), dtype=np.float32)
+        self.observation_space = spaces.Dict({
+            "keypoint": spaces.Box(*KEYPOINT_BOUNDS, shape=(9, 2), dtype=np.float32),
+            "agent_pos": spaces.Box(0.0, 512.0, shape=(2,), dtype=np.float32)})
 
-    def observation(self, observation) -> np.ndarray:
-        return lowdim_obs_from_state(observation)  # (20,)
+    def observation(self, observation) -> dict[str, np.ndarray]:
+        return lowdim_obs_from_state(observation)
 
 
 class PushTRunner(LockstepRunner):
@@ -152,9 +158,8 @@ class PushTRunner(LockstepRunner):
     starts, in the dataset's convention) instead of the seed's random start.
     """
 
-    name = "pusht_lowdim"
+    name = "pusht_keypoints"
     fps = 10.0  # gym-pusht's control rate
-    obs_dim = OBS_DIM
     action_dim = ACTION_DIM
 
     def __init__(

@@ -30,10 +30,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from shortcut_policy.deploy.export import ChunkGraph, export_policy, verify_export
+from shortcut_policy.deploy.export import ChunkGraph, example_inputs, export_policy, verify_export
 from shortcut_policy.deploy.runtime import ExportedPolicy
 from shortcut_policy.eval.latency import measure_latency
-from shortcut_policy.train.run import load_policy
+from shortcut_policy.policy import ShortcutPolicy
 from shortcut_policy.utils import provenance, write_result
 
 
@@ -44,12 +44,10 @@ def timed(fn: Callable[[], object], args: argparse.Namespace, n_action_steps: in
     return row
 
 
-def obs_in_range(policy, seed: int = 0) -> torch.Tensor:
-    """A (1, To, obs_dim) observation inside the fitted data range (timing does not depend on it,
-    but a realistic input keeps every branch, e.g. clipping, on its usual path)."""
-    field = policy.normalizer.fields["obs"]
-    u = torch.rand(1, policy.cfg.n_obs_steps, policy.cfg.obs_dim, generator=torch.Generator().manual_seed(seed))
-    return (field.input_min + u * (field.input_max - field.input_min)).float()
+def obs_in_range(policy, seed: int = 0) -> dict[str, torch.Tensor]:
+    """{key: (1, To, *shape)} inside the fitted data range (timing does not depend on it, but a
+    realistic input keeps every branch, e.g. clipping, on its usual path)."""
+    return example_inputs(policy, batch=1, seed=seed)[0]
 
 
 def main() -> None:
@@ -75,15 +73,15 @@ def main() -> None:
     if args.cuda and device == "cpu":
         print("--cuda given but no CUDA device: measuring on the CPU only")
 
-    policy = load_policy(args.checkpoint, device=device)
+    policy, run = ShortcutPolicy.from_checkpoint(args.checkpoint, device=device)
     cfg = policy.cfg
     n_act = cfg.n_action_steps
-    obs = obs_in_range(policy).to(device)  # (1, To, obs_dim)
+    obs = {k: v.to(device) for k, v in obs_in_range(policy).items()}  # {key: (1, To, *shape)}
     steps_list = [s for s in args.steps if s <= cfg.objective.max_steps]
     export_steps = steps_list if args.export_steps is None else [s for s in args.export_steps if s in steps_list]
     out: dict[str, Any] = {
-        "task": policy.run_config["task"]["name"], "method": "deploy_latency", **provenance(),
-        "checkpoint": args.checkpoint, "train_step": policy.train_step, "objective": cfg.objective.kind,
+        "task": run["task"]["name"], "method": "deploy_latency", **provenance(),
+        "checkpoint": args.checkpoint, "train_step": run["checkpoint"]["step"], "objective": cfg.objective.kind,
         "threads": args.threads, "batch": 1, "device": device, "torch_version": torch.__version__,
         "n_action_steps": n_act, "iters": args.iters, "warmup": args.warmup,
     }
@@ -100,7 +98,7 @@ def main() -> None:
     H, A = cfg.horizon, cfg.action_dim
     x, t, d = torch.zeros(1, H, A, device=device), torch.zeros(1, device=device), torch.ones(1, device=device)
     with torch.no_grad():
-        cond = policy._encode({"obs": obs})
+        cond = policy.encode_obs(obs)
         out["forward"] = timed(lambda: policy.net(x, t, d, cond), args, n_act)
     print(f"bare forward p50 {out['forward']['p50_ms']:.2f} ms")
 
@@ -117,12 +115,12 @@ def main() -> None:
         for s in steps_list:
             graph = torch.compile(ChunkGraph(policy, s).eval(), mode="reduce-overhead")
             with torch.no_grad():
-                tables["compiled"][str(s)] = timed(lambda: graph(obs, noise), args, n_act)
+                tables["compiled"][str(s)] = timed(lambda: graph(*[obs[k] for k in graph.obs_keys], noise), args, n_act)
             print(f"compiled {s:4d} steps p50 {tables['compiled'][str(s)]['p50_ms']:9.2f} ms")
 
-    cpu_policy = policy if device == "cpu" else load_policy(args.checkpoint)
+    cpu_policy = policy if device == "cpu" else ShortcutPolicy.from_checkpoint(args.checkpoint)[0]
     export_dir = Path(args.export_dir) if args.export_dir else Path(tempfile.mkdtemp(prefix="deploy_latency_"))
-    obs_np = obs.cpu().numpy()
+    obs_np = {k: v.cpu().numpy() for k, v in obs.items()}
     noise_np = np.random.default_rng(0).standard_normal((1, H, A), dtype=np.float32)
     out["verification"] = {}
     for backend, suffix in (("torchscript", ".pt"), ("onnx", ".onnx")):
@@ -132,7 +130,7 @@ def main() -> None:
         for s in export_steps:
             path = export_dir / f"{cfg.objective.kind}_{s}step{suffix}"
             t_export = time.perf_counter()
-            export_policy(cpu_policy, path, s, checkpoint=args.checkpoint)
+            export_policy(cpu_policy, path, s, checkpoint=args.checkpoint, run=run)
             exported = ExportedPolicy.load(path, threads=args.threads)  # ONNX: the session build grows with s
             t_export = time.perf_counter() - t_export
             rep = verify_export(cpu_policy, path, batch_sizes=(1,), trials=2, loaded=exported)
@@ -145,10 +143,10 @@ def main() -> None:
 
     baselines: dict[str, Any] = {}
     if args.ddpm_checkpoint:
-        dp = load_policy(args.ddpm_checkpoint, device=device)
+        dp = ShortcutPolicy.from_checkpoint(args.ddpm_checkpoint, device=device)[0]
         if dp.cfg.objective.kind not in ("ddpm", "ddim"):
             raise SystemExit(f"--ddpm-checkpoint {args.ddpm_checkpoint} holds a {dp.cfg.objective.kind!r} policy")
-        dobs = obs_in_range(dp).to(device)
+        dobs = {k: v.to(device) for k, v in obs_in_range(dp).items()}
         for name, sampler, s in (("ddpm", "ddpm", dp.cfg.objective.num_train_timesteps), ("ddim", "ddim", 10)):
             dp.objective.sampler = sampler  # one trained network, two samplers
             baselines[f"{name}@{s}"] = timed(lambda: dp.predict_action_chunk(dobs, steps=s), args, dp.cfg.n_action_steps)

@@ -1,4 +1,4 @@
-"""Simulated deployment: the real-time controller drives PushT in wall-clock time.
+"""Simulated deployment: the real-time controller drives a task's simulator (PushT) in wall-clock time.
 
     python scripts/deploy_sim.py --checkpoint runs/r2-shortcut/checkpoints/latest.pt \\
         --ddpm-checkpoint runs/r2-ddpm/checkpoints/latest.pt --steps 1 4 16 64 \\
@@ -30,14 +30,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from envs.pusht import PushTKeypointsEnv
+import gymnasium as gym
+
 from shortcut_policy.core.schedule import dyadic_counts
 from shortcut_policy.deploy.control import ControllerConfig, ControlStats, RealTimeController, auto_steps
-from shortcut_policy.train.run import load_policy
+from shortcut_policy.policy import ShortcutPolicy
+from shortcut_policy.task import TaskConfig, make_runner
 from shortcut_policy.utils import provenance, write_result
 
 
-def run_episode(env: PushTKeypointsEnv, infer: Callable[[np.ndarray], np.ndarray], policy_cfg, seed: int,
+def run_episode(env: gym.Env, infer: Callable[[np.ndarray], np.ndarray], policy_cfg, seed: int,
                 config: ControllerConfig, max_steps: int) -> tuple[dict[str, Any], ControlStats]:
     """One seeded episode under the controller; returns (episode result, controller stats)."""
     obs, _ = env.reset(seed=seed)
@@ -51,8 +53,7 @@ def run_episode(env: PushTKeypointsEnv, infer: Callable[[np.ndarray], np.ndarray
         ep["steps"] += 1
         ep["done"] = bool(terminated or truncated) or ep["steps"] >= max_steps
 
-    ctrl = RealTimeController(infer, policy_cfg.n_obs_steps, policy_cfg.obs_dim, policy_cfg.n_action_steps,
-                              policy_cfg.action_dim, config)
+    ctrl = RealTimeController(infer, policy_cfg.shape_meta, policy_cfg.n_obs_steps, policy_cfg.n_action_steps, config)
     stats = ctrl.run(lambda: ep["obs"], send_action, max_ticks=max_steps, should_stop=lambda: ep["done"])
     return {"seed": seed, "score": ep["best"], "success": ep["success"], "length": ep["steps"]}, stats
 
@@ -71,7 +72,7 @@ def merge_stats(all_stats: list[ControlStats]) -> ControlStats:
 
 
 def evaluate_row(name: str, make_infer: Callable[[int], Callable], policy_cfg, args: argparse.Namespace,
-                 config: ControllerConfig, env: PushTKeypointsEnv) -> dict[str, Any]:
+                 config: ControllerConfig, env: gym.Env) -> dict[str, Any]:
     seeds = list(range(args.seed_start, args.seed_start + args.episodes))
     episodes, stats, rates, jitters = [], [], [], []
     for seed in seeds:
@@ -149,11 +150,11 @@ def main() -> None:
     config = ControllerConfig(control_hz=args.control_hz, replan_every=args.replan_every,
                               deadline_s=None if args.deadline_ms is None else args.deadline_ms / 1e3,
                               ensemble_k=args.ensemble_k)
-    policy = load_policy(args.checkpoint)
+    policy, run = ShortcutPolicy.from_checkpoint(args.checkpoint)
     cfg = policy.cfg
-    env = PushTKeypointsEnv(render_mode="rgb_array")
+    env = make_runner(TaskConfig.from_dict(run["task"]), policy.shape_meta, n_episodes=1).make_env()  # one-step env
     out: dict[str, Any] = {
-        "task": policy.run_config["task"]["name"], "method": "deploy_sim", **provenance(),
+        "task": run["task"]["name"], "method": "deploy_sim", **provenance(),
         "checkpoint": args.checkpoint, "ddpm_checkpoint": args.ddpm_checkpoint, "backend": args.backend,
         "threads": args.threads, "switch_interval_ms": args.switch_interval_ms,
         "control_hz": args.control_hz, "sim_hz": 10.0, "time_scale": args.control_hz / 10.0,
@@ -175,7 +176,7 @@ def main() -> None:
 
         suffix = ".pt" if args.backend == "torchscript" else ".onnx"
         path = Path(tempfile.mkdtemp(prefix="deploy_sim_")) / f"p{steps}{suffix}"
-        export_policy(policy, path, steps, checkpoint=args.checkpoint)
+        export_policy(policy, path, steps, checkpoint=args.checkpoint, run=run)
         exported = ExportedPolicy.load(path, threads=args.threads)  # once: building a session takes seconds
         verify_export(policy, path, batch_sizes=(1,), trials=1, loaded=exported)
 
@@ -184,8 +185,7 @@ def main() -> None:
             return exported
         return for_episode
 
-    obs_example = np.zeros((1, cfg.n_obs_steps, cfg.obs_dim), dtype=np.float32)
-    obs_example[..., :] = policy.normalizer.fields["obs"].input_mean.numpy()
+    obs_example = {k: v.numpy() for k, v in policy.example_obs(batch=1).items()}  # at the data mean
     for entry in args.steps:
         if entry == "auto":
             make = lambda s: shortcut_infer(s)(0)  # noqa: E731
@@ -203,7 +203,7 @@ def main() -> None:
         out["rows"][name] = {"steps": steps, "sampler": cfg.objective.kind, "backend": args.backend,
                              **evaluate_row(name, shortcut_infer(steps), cfg, args, config, env)}
     if args.ddpm_checkpoint:
-        dp = load_policy(args.ddpm_checkpoint)
+        dp = ShortcutPolicy.from_checkpoint(args.ddpm_checkpoint)[0]
         for name, sampler, steps in (("ddpm@100", "ddpm", dp.cfg.objective.num_train_timesteps), ("ddim@10", "ddim", 10)):
             dp.objective.sampler = sampler
             print(f"{name}:", flush=True)

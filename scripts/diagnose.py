@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from shortcut_policy.eval.consistency import by_step_count, format_diagnostics, pick_windows, step_diagnostics, target_range
-from shortcut_policy.train.run import load_policy, make_dataset
+from shortcut_policy.policy import ShortcutPolicy
+from shortcut_policy.task import TaskConfig, make_dataset
 from shortcut_policy.utils import provenance
 
 
@@ -45,14 +46,14 @@ def main() -> None:
 
     results, ranges, windows, task = {}, {}, None, None
     for i, ckpt in enumerate(args.checkpoints):
-        policy = load_policy(ckpt)
+        policy, run = ShortcutPolicy.from_checkpoint(ckpt)
         name = args.names[i] if args.names else f"{policy.cfg.objective.kind}:{ckpt}"
         if policy.cfg.objective.kind not in ("shortcut", "flow"):
             raise SystemExit(f"{ckpt}: diagnostics apply to flow/shortcut checkpoints, not {policy.cfg.objective.kind!r}")
-        this_task = policy.run_config["task"]
+        this_task = run["task"]
         if windows is None:
             task = this_task
-            ds = make_dataset(task)
+            ds = make_dataset(TaskConfig.from_dict(task))
             windows = pick_windows(ds.get_validation_dataset() if args.split == "val" else ds, args.windows)
         elif this_task.get("name") != task.get("name"):
             raise SystemExit(f"{ckpt} is a {this_task.get('name')!r} policy; the first was {task.get('name')!r}")

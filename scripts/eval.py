@@ -1,4 +1,6 @@
-"""Evaluate a checkpoint in closed loop at several step counts (network calls per action chunk).
+"""Evaluate a checkpoint at several step counts (network calls per action chunk): in closed loop when
+its task has a simulator, offline on the validation episodes (action error against the
+demonstrations) when it has none.
 
     python scripts/eval.py --checkpoint runs/X/checkpoints/latest.pt
     python scripts/eval.py --checkpoint runs/X/checkpoints/latest.pt --steps 1 2 4 8 16 32 64 128 \\
@@ -19,7 +21,10 @@ import torch
 
 from shortcut_policy.core.schedule import dyadic_counts
 from shortcut_policy.eval.sweep import DEFAULT_STEPS, format_table, plot_sweeps, sweep
-from shortcut_policy.train.run import load_policy, make_runner_for, training_command
+from shortcut_policy.eval.offline import format_offline_table, offline_eval
+from shortcut_policy.policy import ShortcutPolicy
+from shortcut_policy.task import TaskConfig, make_dataset, make_runner
+from shortcut_policy.train.run import training_command
 from shortcut_policy.utils import provenance
 
 
@@ -48,7 +53,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--steps", type=int, nargs="+", default=None,
                     help=f"step counts (default {list(DEFAULT_STEPS)} up to the checkpoint's max_steps; DDPM: 1 2 4 5 10 20 25 50 100)")
-    ap.add_argument("--episodes", type=int, default=50)
+    ap.add_argument("--episodes", type=int, default=50, help="closed-loop episodes (offline: validation windows x 5)")
     ap.add_argument("--seed-start", type=int, default=100000)
     ap.add_argument("--weights", choices=["ema", "online"], default="ema")
     ap.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="diffusion checkpoints only")
@@ -69,7 +74,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    policy = load_policy(args.checkpoint, weights=args.weights)
+    policy, state_cfg = ShortcutPolicy.from_checkpoint(args.checkpoint, weights=args.weights)
     try:
         policy.set_noise_scale(args.noise_scale)
     except ValueError as e:
@@ -83,29 +88,37 @@ def main() -> None:
     # default counts: the dyadic ones the checkpoint can take (up to its max_steps, or DDIM's timesteps)
     most = ocfg.num_train_timesteps if kind == "ddim" else ocfg.max_steps
     steps = args.steps or ([1, 2, 4, 5, 10, 20, 25, 50, 100] if kind == "ddpm" else dyadic_counts(most))
-    state_cfg = policy.run_config
-    task = state_cfg["task"]
-    runner = make_runner_for(task, n_episodes=args.episodes, seed_start=args.seed_start)
-    print(f"evaluating {args.checkpoint} ({kind}, trained {policy.train_step} steps) on {task['name']}, "
-          f"{args.episodes} episodes from seed {args.seed_start}")
-    video_dir = str(Path(args.out).with_suffix("")) + "-videos" if (args.videos and args.out) else None
-    res = sweep(policy, runner, steps, latency_iters=args.latency_iters, progress=not args.no_progress,
-                video_dir=video_dir, n_videos=args.videos)
-    result = {"task": task["name"], "method": args.method or kind, **provenance(),
-              "train_steps": policy.train_step, "train_command": training_command(args.checkpoint, state_cfg),
+    task = TaskConfig.from_dict(state_cfg["task"])
+    train_step = state_cfg["checkpoint"]["step"]
+    if task.simulated:
+        runner = make_runner(task, policy.shape_meta, n_episodes=args.episodes, seed_start=args.seed_start)
+        print(f"evaluating {args.checkpoint} ({kind}, trained {train_step} steps) on {task.name}, "
+              f"{args.episodes} episodes from seed {args.seed_start}")
+        video_dir = str(Path(args.out).with_suffix("")) + "-videos" if (args.videos and args.out) else None
+        res = sweep(policy, runner, steps, latency_iters=args.latency_iters, progress=not args.no_progress,
+                    video_dir=video_dir, n_videos=args.videos)
+    else:
+        val = make_dataset(task).get_validation_dataset()
+        print(f"evaluating {args.checkpoint} ({kind}, trained {train_step} steps) offline on {task.name}'s "
+              f"validation episodes ({task.name} has no simulator)")
+        res = {"evaluation": "offline", **offline_eval(policy, val, steps, n_windows=5 * args.episodes)}
+    result = {"task": task.name, "method": args.method or kind, **provenance(),
+              "train_steps": train_step, "train_command": training_command(args.checkpoint, state_cfg),
               "checkpoint": str(args.checkpoint), "weights": args.weights, "noise_scale": args.noise_scale,
               "objective": state_cfg["policy_config"]["objective"], "net": state_cfg["policy_config"]["net"],
               "torch_threads": torch.get_num_threads(), **res}
     if args.merge and Path(args.out).exists():
         result = merge_results(json.loads(Path(args.out).read_text()), result)
-    print(format_table(result))
+    print(format_table(result) if task.simulated else format_offline_table(result))
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
-        plot_sweeps({result["method"]: result}, str(out.with_suffix(".png")),
-                    title=f"{result['task']} {result['method']}: {result['command']} ({result['machine']}, {result['date']})")
-        print(f"wrote {out} and {out.with_suffix('.png')}")
+        if task.simulated:
+            plot_sweeps({result["method"]: result}, str(out.with_suffix(".png")),
+                        title=f"{result['task']} {result['method']}: {result['command']} ({result['machine']}, "
+                              f"{result['date']})")
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -44,12 +44,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load_image_model(args.checkpoint)
+    model, run = load_image_model(args.checkpoint)
     clf, clf_info = load_classifier(args.classifier)
     if args.data is not None:
         test, train = load_mnist(args.data, "test"), load_mnist(args.data, "train", limit=args.n_samples)
     else:
-        data = {**model.run_config["image_data"], "limit": None}
+        data = {**run["image_data"], "limit": None}
         test = make_image_dataset(data, "test")
         train = make_image_dataset({**data, "limit": args.n_samples}, "train")
     method = args.method or model.cfg.objective.kind
@@ -59,7 +59,7 @@ def main() -> None:
     out = Path(args.out or f"docs/results/{args.task}-{method}.json")
     doc = {"task": args.task, "method": method, "command": prov["command"],
            "machine": args.machine or prov["machine"], "date": args.date or prov["date"],
-           "train_steps": model.train_step, "train_command": training_command(args.checkpoint, model.run_config),
+           "train_steps": run["checkpoint"]["step"], "train_command": training_command(args.checkpoint, run),
            "n_samples": args.n_samples, "sample_seed": args.seed,
            "cfg_scale": model.cfg.cfg_scale if args.cfg_scale is None else args.cfg_scale,
            "guidance": "only at the flow level d = 1/M (M steps; every step for flow matching)",

@@ -19,7 +19,7 @@ import torch
 
 from shortcut_policy.deploy.export import export_policy, verify_export
 from shortcut_policy.deploy.export_format import sidecar_path
-from shortcut_policy.train.run import load_policy
+from shortcut_policy.policy import ShortcutPolicy
 
 SUFFIX = {"torchscript": ".pt", "onnx": ".onnx"}
 
@@ -41,8 +41,8 @@ def main() -> int:
     out = Path(args.out) if args.out else Path("exports") / f"{ck.parent.parent.name}_{args.steps}step{SUFFIX[args.format]}"
     if out.suffix != SUFFIX[args.format]:
         raise SystemExit(f"--out {out} does not end in {SUFFIX[args.format]} (the suffix tells the loader the format)")
-    policy = load_policy(ck, weights=args.weights)
-    meta = export_policy(policy, out, args.steps, sampler=args.sampler, checkpoint=ck)
+    policy, run = ShortcutPolicy.from_checkpoint(ck, weights=args.weights)
+    meta = export_policy(policy, out, args.steps, sampler=args.sampler, checkpoint=ck, run=run)
     report = verify_export(policy, out, atol=args.atol, raise_on_fail=False)
     meta["verification"] = {k: report[k] for k in ("max_abs_err", "max_abs_err_normalized", "atol_normalized",
                                                    "ok", "cases", "batch_sizes")}

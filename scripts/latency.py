@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from shortcut_policy.eval.latency import measure_latency
-from shortcut_policy.train.run import load_policy
+from shortcut_policy.policy import ShortcutPolicy
 from shortcut_policy.utils import provenance
 
 
@@ -31,18 +31,18 @@ def main() -> None:
     out = {"task": None, "method": "latency", **provenance(), "threads": args.threads, "batch": 1,
            "forward": {}, "overhead_ratio_1step": {}, "steps": {}}
     for i, ck in enumerate(args.checkpoints):
-        p = load_policy(ck)
-        task = p.run_config["task"]["name"]
+        p, run = ShortcutPolicy.from_checkpoint(ck)
+        task = run["task"]["name"]
         if out["task"] not in (None, task):
             raise SystemExit(f"{ck} is a {task!r} policy; the others are {out['task']!r}: compare one task per file")
         out["task"] = task
         name = args.names[i] if args.names else p.cfg.objective.kind
         if p.cfg.objective.kind in ("ddpm", "ddim") and name in ("ddpm", "ddim"):
             p.objective.sampler = name  # one trained diffusion network, two samplers
-        obs = torch.zeros(1, p.cfg.n_obs_steps, p.cfg.obs_dim)
+        obs = p.example_obs(batch=1)  # {key: (1, To, *shape)}
         H, A = p.cfg.horizon, p.cfg.action_dim
         x, t, d = torch.zeros(1, H, A), torch.zeros(1), torch.ones(1)
-        cond = p._encode({"obs": obs})
+        cond = p.encode_obs(obs)
         with torch.no_grad():
             floor = measure_latency(lambda: p.net(x, t, d, cond), iters=args.iters * 2, warmup=20)
         rows = {"forward": floor}

@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_image_model(args.checkpoint)
+    model, run = load_image_model(args.checkpoint)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     K = max(model.cfg.num_classes, 1)
@@ -81,7 +81,7 @@ def main() -> None:
     for s in args.steps:
         x = to_display(model.sample(steps=s, labels=labels, cfg_scale=args.cfg_scale, noise=noise))
         save_image(out / f"{args.prefix}steps{s}.png", tile(x, args.rows, cols),
-                   f"{kind}, {s} step{'s' if s > 1 else ''} (step {model.train_step})")
+                   f"{kind}, {s} step{'s' if s > 1 else ''} (step {run['checkpoint']['step']})")
         first_rows.append(x[:cols])
         print(f"wrote {out / f'{args.prefix}steps{s}.png'}")
     save_image(out / f"{args.prefix}steps.png", tile(np.concatenate(first_rows), len(args.steps), cols),

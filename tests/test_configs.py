@@ -8,10 +8,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from shortcut_policy.core.schedule import check_max_steps
+from shortcut_policy.shape_meta import ShapeMeta
+from shortcut_policy.task import TaskConfig
 from shortcut_policy.train.loop import TrainConfig
 from shortcut_policy.train.run import policy_config_from_run
 
 CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+PUSHT_META = ShapeMeta.from_dict({"obs": {"keypoint": {"shape": [9, 2]}, "agent_pos": {"shape": [2]}},
+                                  "action": {"shape": [2]}})
 
 
 def _compose(name: str, overrides: list[str]) -> dict:
@@ -25,7 +29,8 @@ def _compose(name: str, overrides: list[str]) -> dict:
 @pytest.mark.parametrize("train", ["quick", "long", "dp"])
 def test_policy_configs_compose_and_validate(objective, policy, train):
     run = _compose("train", [f"objective={objective}", f"policy={policy}", f"train={train}"])
-    cfg = policy_config_from_run(run)  # validates the objective and network fields
+    TaskConfig.from_dict(run["task"])
+    cfg = policy_config_from_run(run, PUSHT_META)  # validates the objective and network fields
     assert cfg.objective.kind == objective
     TrainConfig(**run["train"])
     check_max_steps(run["objective"]["max_steps"])

@@ -10,8 +10,14 @@ import pytest
 from shortcut_policy.deploy.control import (ActionScheduler, ControllerConfig, FakeClock, InlineInference,
                                             ObservationHistory, RealClock, RealTimeController, TimedChunk,
                                             auto_steps, choose_steps, ensemble_weights, measure_step_latencies)
+from shortcut_policy.shape_meta import ShapeMeta
 
-N, A, TO, D = 8, 2, 2, 3  # n_action_steps, action_dim, n_obs_steps, obs_dim
+N, A, TO, D = 8, 2, 2, 3  # n_action_steps, action_dim, n_obs_steps, observation size
+SM = ShapeMeta.from_dict({"obs": {"x": {"shape": [D]}}, "action": {"shape": [A]}})
+
+
+def X(v) -> dict:  # one step's observation dict
+    return {"x": np.asarray(v, dtype=float)}
 
 
 class CountingPolicy:
@@ -21,9 +27,9 @@ class CountingPolicy:
     def __init__(self, sleep_s: float = 0.0):
         self.calls, self.sleep_s, self.obs = 0, sleep_s, []
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        assert obs.shape == (1, TO, D)
-        self.obs.append(obs.copy())
+    def __call__(self, obs: dict) -> np.ndarray:
+        assert obs["x"].shape == (1, TO, D)
+        self.obs.append(obs["x"].copy())
         if self.sleep_s:
             time.sleep(self.sleep_s)
         c, self.calls = self.calls, self.calls + 1
@@ -33,10 +39,10 @@ class CountingPolicy:
 def run_fake(latency_s: float, ticks: int, **cfg):
     clock = FakeClock()
     policy = CountingPolicy()
-    ctrl = RealTimeController(policy, TO, D, N, A, ControllerConfig(control_hz=10.0, **cfg), clock=clock,
+    ctrl = RealTimeController(policy, SM, TO, N, ControllerConfig(control_hz=10.0, **cfg), clock=clock,
                               worker=lambda f, n, a, c: InlineInference(f, n, a, c, latency=lambda r: latency_s))
     sent = []
-    stats = ctrl.run(lambda: np.zeros(D), lambda a: sent.append(tuple(a)), max_ticks=ticks)
+    stats = ctrl.run(lambda: X(np.zeros(D)), lambda a: sent.append(tuple(a)), max_ticks=ticks)
     return stats, sent, clock
 
 
@@ -149,9 +155,9 @@ def test_overrun_skips_missed_ticks():
         reads.append(clock.now())
         if len(reads) == 4:  # the read at tick 3 stalls for 0.25 s
             clock.advance(0.25)
-        return np.zeros(D)
+        return X(np.zeros(D))
 
-    ctrl = RealTimeController(CountingPolicy(), TO, D, N, A, ControllerConfig(control_hz=10.0), clock=clock,
+    ctrl = RealTimeController(CountingPolicy(), SM, TO, N, ControllerConfig(control_hz=10.0), clock=clock,
                               worker=lambda f, n, a, c: InlineInference(f, n, a, c, latency=lambda r: 0.0))
     stats = ctrl.run(get_obs, lambda a: None, max_ticks=8)
     assert stats.overrun_ticks == 1  # tick 4 (due 0.4) is skipped; tick 5 (due 0.5) runs at 0.55
@@ -160,31 +166,45 @@ def test_overrun_skips_missed_ticks():
 
 
 def test_bad_observations_and_failing_policy_stop_the_loop():
-    ctrl = RealTimeController(CountingPolicy(), TO, D, N, A, ControllerConfig(control_hz=10.0), clock=FakeClock(),
+    ctrl = RealTimeController(CountingPolicy(), SM, TO, N, ControllerConfig(control_hz=10.0), clock=FakeClock(),
                               worker=lambda f, n, a, c: InlineInference(f, n, a, c, latency=lambda r: 0.0))
-    obs = iter([np.zeros(D), np.zeros(D), np.array([0.0, np.nan, 0.0])])
-    with pytest.raises(ValueError, match=r"NaN or inf at indices \[1\]"):
+    obs = iter([X(np.zeros(D)), X(np.zeros(D)), X([0.0, np.nan, 0.0])])
+    with pytest.raises(ValueError, match=r"'x' contains NaN or inf at flat indices \[1\]"):
         ctrl.run(lambda: next(obs), lambda a: None, max_ticks=5)
-    with pytest.raises(ValueError, match=r"shape \(3,\), got \(4,\)"):
-        ctrl.run(lambda: np.zeros(4), lambda a: None, max_ticks=5)
+    with pytest.raises(ValueError, match=r"get_observation\(\)\['x'\] has shape \(4,\), expected \(3,\)"):
+        ctrl.run(lambda: X(np.zeros(4)), lambda a: None, max_ticks=5)
+    with pytest.raises(ValueError, match=r"missing 'x'"):
+        ctrl.run(lambda: {"y": np.zeros(D)}, lambda a: None, max_ticks=5)
     with pytest.raises(ValueError, match="never ends"):
-        ctrl.run(lambda: np.zeros(D), lambda a: None)
+        ctrl.run(lambda: X(np.zeros(D)), lambda a: None)
 
     def broken(obs):
         return np.zeros((1, N, A + 1))
 
     ctrl.infer = broken
     with pytest.raises(ValueError, match=r"expected \(1, n_action_steps, action_dim\) = \(1, 8, 2\)"):
-        ctrl.run(lambda: np.zeros(D), lambda a: None, max_ticks=3)
+        ctrl.run(lambda: X(np.zeros(D)), lambda a: None, max_ticks=3)
 
 
 def test_observation_history_pads_with_the_first_observation():
-    h = ObservationHistory(3, 2)
-    h.push([1.0, 1.0])
-    h.push([2.0, 2.0])
-    np.testing.assert_array_equal(h.array()[0, :, 0], [1.0, 1.0, 2.0])
-    h.reset([5.0, 5.0])
-    np.testing.assert_array_equal(h.array()[0, :, 0], [5.0, 5.0, 5.0])
+    sm = ShapeMeta.from_dict({"obs": {"pos": {"shape": [2]}, "camera": {"shape": [4, 4, 3], "type": "rgb"}},
+                              "action": {"shape": [2]}})
+    h = ObservationHistory(3, sm)
+
+    def step(v):
+        return {"pos": [v, v], "camera": np.full((4, 4, 3), int(v), dtype=np.uint8)}
+
+    h.push(step(1.0))
+    h.push(step(2.0))
+    hist = h.array()
+    assert hist["camera"].shape == (1, 3, 4, 4, 3) and hist["camera"].dtype == np.uint8
+    assert hist["pos"].dtype == np.float32
+    np.testing.assert_array_equal(hist["pos"][0, :, 0], [1.0, 1.0, 2.0])
+    np.testing.assert_array_equal(hist["camera"][0, :, 0, 0, 0], [1, 1, 2])
+    h.reset(step(5.0))
+    np.testing.assert_array_equal(h.array()["pos"][0, :, 0], [5.0, 5.0, 5.0])
+    with pytest.raises(ValueError, match=r"rgb key: expected uint8"):
+        h.push({"pos": [0.0, 0.0], "camera": np.zeros((4, 4, 3))})
 
 
 # --------------------------------------------------------------------------- step budget
@@ -212,10 +232,10 @@ def test_measure_and_auto_steps_on_a_fake_clock():
             return np.zeros((1, N, A))
         return infer
 
-    table = measure_step_latencies(make_infer, np.zeros((1, TO, D)), steps=(4, 1, 2), iters=5, clock=clock)
+    table = measure_step_latencies(make_infer, {"x": np.zeros((1, TO, D))}, steps=(4, 1, 2), iters=5, clock=clock)
     assert sorted(table) == [1, 2, 4] and table[2]["q_s"] == pytest.approx(0.022)
     made.clear()
-    steps, table = auto_steps(make_infer, np.zeros((1, TO, D)), deadline_s=0.1, margin_s=0.01, clock=clock, iters=3)
+    steps, table = auto_steps(make_infer, {"x": np.zeros((1, TO, D))}, deadline_s=0.1, margin_s=0.01, clock=clock, iters=3)
     assert steps == 8
     assert made == [1, 2, 4, 8, 16]  # stops after the first count over budget; 32..128 never measured
 
@@ -231,9 +251,9 @@ def test_real_clock_never_wakes_early():
 
 def test_slow_policy_in_a_thread_never_blocks_the_loop():
     policy = CountingPolicy(sleep_s=0.15)  # 7.5 periods at 50 Hz
-    ctrl = RealTimeController(policy, TO, D, N, A, ControllerConfig(control_hz=50.0, replan_every=4))
+    ctrl = RealTimeController(policy, SM, TO, N, ControllerConfig(control_hz=50.0, replan_every=4))
     sent = []
-    stats = ctrl.run(lambda: np.zeros(D), lambda a: sent.append(tuple(a)), max_ticks=30)
+    stats = ctrl.run(lambda: X(np.zeros(D)), lambda a: sent.append(tuple(a)), max_ticks=30)
     assert stats.ticks + stats.overrun_ticks == 30
     periods = np.diff(stats.sent_times)
     assert periods.max() < 0.1, periods.max()  # a loop waiting for the 0.15 s policy would show >= 0.15 s gaps
@@ -250,7 +270,7 @@ def test_short_run_with_a_fast_fake_env():
 
     def get_obs():
         with lock:
-            return np.array([state["x"], 0.0, 1.0])
+            return X([state["x"], 0.0, 1.0])
 
     def send(a):
         with lock:
@@ -258,10 +278,10 @@ def test_short_run_with_a_fast_fake_env():
         applied.append(a.copy())
 
     def policy(obs):  # walk right by 1 per tick; the observation holds the previous tick's action
-        x = obs[0, -1, 0]
+        x = obs["x"][0, -1, 0]
         return np.stack([x + 1 + np.arange(N, dtype=float), np.zeros(N)], -1)[None]
 
-    ctrl = RealTimeController(policy, TO, D, N, A, ControllerConfig(control_hz=100.0, replan_every=2))
+    ctrl = RealTimeController(policy, SM, TO, N, ControllerConfig(control_hz=100.0, replan_every=2))
     stats = ctrl.run(get_obs, send, duration_s=0.3)
     assert stats.ticks + stats.overrun_ticks == 30 and stats.chunks_received >= 5
     xs = np.array([a[0] for a in applied])

@@ -16,17 +16,25 @@ from shortcut_policy.deploy.runtime import ExportedPolicy, ExportError
 from shortcut_policy.policy import ObjectiveConfig, PolicyConfig, ShortcutPolicy
 
 TINY = {"net": "unet1d", "net_kwargs": {"down_dims": [16, 32], "emb_dim": 32}}
+# two keys, one LeRobot-style name with a dot and one 2-D: every key becomes its own graph input
+SHAPE_META = {"obs": {"observation.state": {"shape": [5]}, "points": {"shape": [3, 2]}}, "action": {"shape": [2]}}
 
 
 def tiny_policy(kind: str = "shortcut", fit: bool = True) -> ShortcutPolicy:
-    cfg = PolicyConfig(obs_dim=5, action_dim=2, horizon=8, n_obs_steps=2, n_action_steps=4,
+    cfg = PolicyConfig(shape_meta=SHAPE_META, horizon=8, n_obs_steps=2, n_action_steps=4,
                        objective=ObjectiveConfig(kind=kind), **TINY)
     p = ShortcutPolicy(cfg)
     if fit:
         g = torch.Generator().manual_seed(0)
-        p.normalizer.fit({"obs": torch.randn(100, 5, generator=g) * 10 + 3,
+        p.normalizer.fit({"observation.state": torch.randn(100, 5, generator=g) * 10 + 3,
+                          "points": torch.randn(100, 3, 2, generator=g) * 50,
                           "action": torch.rand(100, 2, generator=g) * 512})
     return p.eval()
+
+
+def obs_batch(rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
+    return {"observation.state": (rng.standard_normal((b, 2, 5)) * 10 + 3).astype(np.float32),
+            "points": (rng.standard_normal((b, 2, 3, 2)) * 50).astype(np.float32)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,12 +59,12 @@ def ts_export(shortcut_policy, tmp_path_factory):
     return path
 
 
-def eager_chunk(policy: ShortcutPolicy, obs: np.ndarray, noise: np.ndarray, steps: int) -> np.ndarray:
+def eager_chunk(policy: ShortcutPolicy, obs: dict[str, np.ndarray], noise: np.ndarray, steps: int) -> np.ndarray:
     """Eager predict_action_chunk whose generator's first draw is exactly ``noise``."""
     orig = policy.objective.sample
     policy.objective.sample = lambda model, x0, n, cond, generator=None: orig(model, torch.from_numpy(noise), n, cond)
     try:
-        return policy.predict_action_chunk(torch.from_numpy(obs), steps=steps).numpy()
+        return policy.predict_action_chunk(obs, steps=steps).numpy()
     finally:
         del policy.objective.sample
 
@@ -71,7 +79,7 @@ def test_torchscript_matches_eager_on_the_same_noise(shortcut_policy, tmp_path, 
     # and independently of verify_export: a hand-made comparison at batch 2
     exported = ExportedPolicy.load(path)
     rng = np.random.default_rng(1)
-    obs = (rng.standard_normal((2, 2, 5)) * 10 + 3).astype(np.float32)
+    obs = obs_batch(rng, 2)
     noise = rng.standard_normal((2, 8, 2)).astype(np.float32)
     got = exported.predict_action_chunk(obs, noise)
     want = eager_chunk(shortcut_policy, obs, noise, steps)
@@ -88,7 +96,7 @@ def test_onnx_matches_eager_on_the_same_noise(shortcut_policy, tmp_path):
     assert report["ok"] and report["max_abs_err_normalized"] < 1e-4, report
     exported = ExportedPolicy.load(path, threads=1)
     rng = np.random.default_rng(2)
-    obs = (rng.standard_normal((3, 2, 5)) * 10 + 3).astype(np.float32)
+    obs = obs_batch(rng, 3)
     noise = rng.standard_normal((3, 8, 2)).astype(np.float32)
     np.testing.assert_allclose(exported.predict_action_chunk(obs, noise), eager_chunk(shortcut_policy, obs, noise, 2),
                                atol=1e-2, rtol=0)
@@ -125,30 +133,38 @@ def test_export_refuses_unfitted_normalizer_and_bad_steps(tmp_path):
 
 def test_metadata_is_complete_and_names_the_source(ts_export):
     meta = json.loads(sidecar_path(ts_export).read_text())
-    for key in ("obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps", "steps", "source_checkpoint",
-                "train_step", "torch_version", "date"):
+    for key in ("shape_meta", "action_dim", "horizon", "n_obs_steps", "n_action_steps", "steps", "source_checkpoint",
+                "train_step", "torch_version", "date", "input_order"):
         assert key in meta, key
-    shapes = tuple(meta[k] for k in ("obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps"))
-    assert shapes == (5, 2, 8, 2, 4)
+    shapes = tuple(meta[k] for k in ("action_dim", "horizon", "n_obs_steps", "n_action_steps"))
+    assert shapes == (2, 8, 2, 4)
+    assert meta["shape_meta"]["obs"]["points"] == {"shape": [3, 2], "type": "low_dim"}
+    assert meta["input_order"] == ["obs.observation.state", "obs.points", "noise"]
+    assert meta["inputs"]["obs.points"] == ["B", 2, 3, 2]
     assert meta["source_checkpoint"] == "tiny.pt" and meta["torch_version"] == torch.__version__
 
 
 def test_input_shape_and_nan_errors(ts_export):
     p = ExportedPolicy.load(ts_export)
-    with pytest.raises(ExportError, match=r"add the batch axis"):
-        p.predict_action_chunk(np.zeros((2, 5)))
-    with pytest.raises(ExportError, match=r"\(B, 2, 5\), got \(1, 2, 6\)"):
-        p.predict_action_chunk(np.zeros((1, 2, 6)))
+    good = obs_batch(np.random.default_rng(0), 1)
+    with pytest.raises(ExportError, match="must be a dict"):
+        p.predict_action_chunk(np.zeros((1, 2, 5)))
+    with pytest.raises(ExportError, match=r"\['points'\] has shape \(1, 2, 6\), expected \(B, To, 3, 2\)"):
+        p.predict_action_chunk({**good, "points": np.zeros((1, 2, 6))})
+    with pytest.raises(ExportError, match=r"missing 'points'"):
+        p.predict_action_chunk({"observation.state": good["observation.state"]})
+    with pytest.raises(ExportError, match="exactly n_obs_steps = 2"):
+        p.predict_action_chunk({k: np.concatenate([v, v], axis=1) for k, v in good.items()})
     with pytest.raises(ExportError, match="noise must have shape"):
-        p.predict_action_chunk(np.zeros((1, 2, 5)), noise=np.zeros((1, 16, 2)))
-    bad = np.zeros((1, 2, 5))
-    bad[0, 1, 3] = np.nan
-    with pytest.raises(ExportError, match=r"NaN or inf \(first at index \[0, 1, 3\]\)"):
+        p.predict_action_chunk(good, noise=np.zeros((1, 16, 2)))
+    bad = {k: v.copy() for k, v in good.items()}
+    bad["observation.state"][0, 1, 3] = np.nan
+    with pytest.raises(ExportError, match=r"\['observation.state'\] contains NaN or inf \(first at index \[0, 1, 3\]\)"):
         p.predict_action_chunk(bad)
 
 
 def test_default_noise_is_seeded(ts_export):
-    obs = np.full((1, 2, 5), 3.0, dtype=np.float32)
+    obs = obs_batch(np.random.default_rng(3), 1)
     a = ExportedPolicy.load(ts_export, seed=7).predict_action_chunk(obs)
     b = ExportedPolicy.load(ts_export, seed=7).predict_action_chunk(obs)
     c = ExportedPolicy.load(ts_export, seed=8).predict_action_chunk(obs)
@@ -198,12 +214,13 @@ def test_artifacts_run_without_the_package(shortcut_policy, ts_export, tmp_path)
     code = textwrap.dedent(f"""
         import sys, numpy as np, torch
         m = torch.jit.load({str(ts_export)!r})
-        chunk, seq = m(torch.zeros(1, 2, 5), torch.zeros(1, 8, 2))
+        chunk, seq = m(torch.zeros(1, 2, 5), torch.zeros(1, 2, 3, 2), torch.zeros(1, 8, 2))
         assert chunk.shape == (1, 4, 2) and seq.shape == (1, 8, 2)
         if {str(onnx_path)!r} != "None":
             import onnxruntime as ort
             s = ort.InferenceSession({str(onnx_path)!r}, providers=["CPUExecutionProvider"])
-            out = s.run(None, {{"obs": np.zeros((3, 2, 5), np.float32), "noise": np.zeros((3, 8, 2), np.float32)}})
+            out = s.run(None, {{"obs.observation.state": np.zeros((3, 2, 5), np.float32),
+                               "obs.points": np.zeros((3, 2, 3, 2), np.float32), "noise": np.zeros((3, 8, 2), np.float32)}})
             assert out[0].shape == (3, 4, 2)
         assert not any(k.startswith("shortcut_policy") for k in sys.modules), "imported the package"
         print("ok")

@@ -21,19 +21,21 @@ class Contract(nn.Module):
 
 
 def policy_with(net: nn.Module) -> ShortcutPolicy:
-    cfg = PolicyConfig(obs_dim=3, action_dim=2, horizon=4, n_obs_steps=2, n_action_steps=2,
+    cfg = PolicyConfig(shape_meta={"obs": {"s": {"shape": [3]}}, "action": {"shape": [2]}}, horizon=4,
+                       n_obs_steps=2, n_action_steps=2,
                        objective=ObjectiveConfig(kind="flow"), net="unet1d",
                        net_kwargs={"down_dims": [8, 16], "emb_dim": 16})
     p = ShortcutPolicy(cfg)
     g = torch.Generator().manual_seed(0)
-    p.normalizer.fit({"obs": torch.randn(50, 3, generator=g), "action": torch.rand(50, 2, generator=g) * 100})
+    p.normalizer.fit({"s": torch.randn(50, 3, generator=g), "action": torch.rand(50, 2, generator=g) * 100})
     p.net = net
     return p
 
 
 def windows(n=5):
     g = torch.Generator().manual_seed(1)
-    return [{"obs": torch.randn(6, 3, generator=g), "action": torch.rand(6, 2, generator=g) * 100} for _ in range(n)]
+    return [{"obs": {"s": torch.randn(2, 3, generator=g)}, "action": torch.rand(4, 2, generator=g) * 100}
+            for _ in range(n)]
 
 
 def test_known_flow_gives_the_expected_distances():

@@ -26,10 +26,10 @@ def _load(shared_data, *keys):
     return [g[k][:] for k in keys]
 
 
-def toward_block(obs: np.ndarray) -> np.ndarray:
-    """Scripted act_fn: every action of the chunk aims at the block's keypoint centroid. (B, 2, 20) -> (B, 8, 2)."""
-    kp = obs[:, -1, :18].reshape(-1, 9, 2)
-    target = kp.mean(axis=1)  # (B, 2)
+def toward_block(obs: dict) -> np.ndarray:
+    """Scripted act_fn: every action of the chunk aims at the block's keypoint centroid.
+    {keypoint: (B, 2, 9, 2), agent_pos: (B, 2, 2)} -> (B, 8, 2)."""
+    target = obs["keypoint"][:, -1].mean(axis=1)  # (B, 2)
     return np.repeat(target[:, None], 8, axis=1)
 
 
@@ -45,8 +45,9 @@ def test_keypoints_known_answers():
     batch = np.zeros((4, 3, 5))
     assert keypoints_from_state(batch).shape == (4, 3, 9, 2)
     obs = lowdim_obs_from_state(np.array([1.0, 2.0, 100.0, 200.0, 0.3]))
-    assert obs.shape == (20,) and obs.dtype == np.float32
-    np.testing.assert_array_equal(obs[18:], [1.0, 2.0])
+    assert obs["keypoint"].shape == (9, 2) and obs["keypoint"].dtype == np.float32
+    assert obs["agent_pos"].dtype == np.float32
+    np.testing.assert_array_equal(obs["agent_pos"], [1.0, 2.0])
 
 
 def test_keypoints_bad_input():
@@ -76,18 +77,20 @@ def test_obs_layout_and_reset_passthrough():
 
     env = PushTKeypointsEnv()
     obs, _ = env.reset(seed=3)
-    assert env.observation_space.shape == (20,) and obs.shape == (20,) and obs.dtype == np.float32
+    assert {k: s.shape for k, s in env.observation_space.items()} == {"keypoint": (9, 2), "agent_pos": (2,)}
+    assert obs["keypoint"].dtype == np.float32 and env.observation_space.contains(obs)
     u = env.unwrapped
     state = np.array([*u.agent.position, *u.block.position, u.block.angle])
-    np.testing.assert_allclose(obs[:18].reshape(9, 2), keypoints_from_state(state), atol=1e-3)
-    np.testing.assert_allclose(obs[18:], state[:2], atol=1e-4)
+    np.testing.assert_allclose(obs["keypoint"], keypoints_from_state(state), atol=1e-3)
+    np.testing.assert_allclose(obs["agent_pos"], state[:2], atol=1e-4)
     # reset_to_state goes to gym-pusht unchanged (its legacy placement shifts the block; see legacy_reset_state)
     raw = [100.0, 100.0, 300.0, 300.0, 1.0]
     env.reset(options={"reset_to_state": raw})
     assert not np.allclose(u.block.position, raw[2:4], atol=1.0)
     obs, _ = env.reset(options={"reset_to_state": legacy_reset_state(raw)})
     np.testing.assert_allclose(u.block.position, raw[2:4], atol=1e-6)
-    np.testing.assert_allclose(obs, lowdim_obs_from_state(raw), atol=1e-3)
+    for k, v in lowdim_obs_from_state(raw).items():
+        np.testing.assert_allclose(obs[k], v, atol=1e-3)
 
 
 def test_dataset_starts_reproduced(shared_data):
@@ -98,7 +101,8 @@ def test_dataset_starts_reproduced(shared_data):
     env = PushTKeypointsEnv()
     for start in [0, *ends[:4]]:
         obs, _ = env.reset(options={"reset_to_state": legacy_reset_state(state[start])})
-        np.testing.assert_allclose(obs, lowdim_obs_from_state(state[start]), atol=1e-3)
+        for k, v in lowdim_obs_from_state(state[start]).items():
+            np.testing.assert_allclose(obs[k], v, atol=1e-3)
 
 
 def test_reward_and_success_definitions():
@@ -132,7 +136,7 @@ def test_reward_and_success_definitions():
 
 def test_runner_deterministic_and_result_dict():
     _gym_pusht()
-    runner = make_runner("pusht_lowdim", max_steps=24, seeds=[100000, 100001, 100002])
+    runner = make_runner("pusht_keypoints", max_steps=24, seeds=[100000, 100001, 100002])
     a = runner.run(toward_block, progress=False)
     b = runner.run(toward_block, progress=False)
     np.testing.assert_array_equal(a.scores, b.scores)
@@ -157,9 +161,9 @@ def test_finished_episodes_leave_the_batch():
     batch_sizes = []
 
     def act_fn(obs):
-        batch_sizes.append(obs.shape[0])
-        assert obs.shape[1:] == (2, 20) and obs.dtype == np.float32
-        return np.repeat(obs[:, -1:, 18:], 8, axis=1)  # hold position
+        batch_sizes.append(obs["agent_pos"].shape[0])
+        assert obs["keypoint"].shape[1:] == (2, 9, 2) and obs["agent_pos"].dtype == np.float32
+        return np.repeat(obs["agent_pos"][:, -1:], 8, axis=1)  # hold position
 
     res = runner.run(act_fn, progress=False)
     assert batch_sizes == [3, 2, 2]  # episode 0 succeeds on its first step, the others run 8 + 8 + 4 steps
@@ -170,23 +174,24 @@ def test_finished_episodes_leave_the_batch():
 
 def test_runner_rejects_bad_actions_and_names():
     _gym_pusht()
-    runner = make_runner("pusht_lowdim", max_steps=8, seeds=[0])
+    runner = make_runner("pusht_keypoints", max_steps=8, seeds=[0])
     with pytest.raises(ValueError, match=r"expected \(B, n_action_steps, action_dim\) = \(1, 8, 2\)"):
         runner.run(lambda obs: np.zeros((1, 16, 2)), progress=False)
     with pytest.raises(ValueError, match="NaN"):
         runner.run(lambda obs: np.full((1, 8, 2), np.nan), progress=False)
-    with pytest.raises(ValueError, match="pusht_lowdim"):
+    with pytest.raises(ValueError, match="pusht_keypoints"):
         make_runner("pusht_image_typo")
-    assert "pusht_lowdim" in runner_names()
+    assert "pusht_keypoints" in runner_names()
+    assert runner.observation_shapes() == {"keypoint": ((9, 2), np.float32), "agent_pos": ((2,), np.float32)}
 
 
 def test_video_written(tmp_path):
     _gym_pusht()
     pytest.importorskip("cv2")
-    runner = make_runner("pusht_lowdim", max_steps=8, seeds=[0, 1], render_size=96)
+    runner = make_runner("pusht_keypoints", max_steps=8, seeds=[0, 1], render_size=96)
     runner.run(toward_block, progress=False, video_dir=tmp_path, n_videos=1)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["pusht_lowdim_ep000_seed0.mp4"]
+    assert files == ["pusht_keypoints_ep000_seed0.mp4"]
     import cv2
 
     cap = cv2.VideoCapture(str(tmp_path / files[0]))

@@ -279,8 +279,8 @@ def test_train_resume_sample_evaluate(tmp_path):
     assert np.isfinite(metrics["train/loss"]) and "train/loss_consistency" in metrics
     ckpt = out / "checkpoints" / "latest.pt"
     out, _ = run_image_training(_run(tmp_path, data, 6))  # same out_dir: resumes at step 4
-    model = load_image_model(ckpt)
-    assert model.train_step == 6 and model.cfg.num_classes == 2 and model.cfg.shape == (1, 8, 8)
+    model, run = load_image_model(ckpt)
+    assert run["checkpoint"]["step"] == 6 and model.cfg.num_classes == 2 and model.cfg.shape == (1, 8, 8)
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in lines if "train/loss" in s] == [2, 4, 6]
     noise = torch.randn(4, 1, 8, 8)
@@ -300,7 +300,7 @@ def test_train_resume_sample_evaluate(tmp_path):
 def test_flow_baseline_trains_through_loop(tmp_path):
     out, metrics = run_image_training(_run(tmp_path, _toy_npz(tmp_path), 2, kind="flow"))
     assert metrics["train/consistency_share"] == 0.0
-    model = load_image_model(out / "checkpoints" / "latest.pt")
+    model, _ = load_image_model(out / "checkpoints" / "latest.pt")
     assert model.objective.flow_only and model.net.time_emb.d_embedding == "none"
 
 

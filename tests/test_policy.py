@@ -1,26 +1,33 @@
-"""Policy API: shapes, action queue, objectives behind one interface, input errors."""
+"""Policy API: shapes, action queue, objectives behind one interface, dict observations checked
+against shape_meta, input errors."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from shortcut_policy.policy import ObjectiveConfig, PolicyConfig, ShortcutPolicy
+from shortcut_policy.shape_meta import ShapeMetaError
 
 TINY = {"net": "unet1d", "net_kwargs": {"down_dims": [16, 32], "emb_dim": 32}}
+SHAPE_META = {"obs": {"state": {"shape": [5]}}, "action": {"shape": [2]}}
 
 
-def make_policy(kind="shortcut", **kw) -> ShortcutPolicy:
-    cfg = PolicyConfig(obs_dim=5, action_dim=2, horizon=8, n_obs_steps=2, n_action_steps=4,
+def make_policy(kind="shortcut", shape_meta=SHAPE_META, **kw) -> ShortcutPolicy:
+    cfg = PolicyConfig(shape_meta=shape_meta, horizon=8, n_obs_steps=2, n_action_steps=4,
                        objective=ObjectiveConfig(kind=kind, **kw), **TINY)
     p = ShortcutPolicy(cfg)
     g = torch.Generator().manual_seed(0)
-    p.normalizer.fit({"obs": torch.randn(100, 5, generator=g) * 10 + 3,
-                      "action": torch.rand(100, 2, generator=g) * 512})
+    data = {k: torch.randn(100, *v["shape"], generator=g) * 10 + 3 for k, v in shape_meta["obs"].items()}
+    p.normalizer.fit({**data, "action": torch.rand(100, 2, generator=g) * 512})
     return p
 
 
+def O(x):  # noqa: E743  a (B, T, 5) tensor as the policy's observation dict
+    return {"state": x}
+
+
 def batch(B=6, H=8):
-    return {"obs": torch.randn(B, H, 5) * 10 + 3, "action": torch.rand(B, H, 2) * 512}
+    return {"obs": O(torch.randn(B, 2, 5) * 10 + 3), "action": torch.rand(B, H, 2) * 512}
 
 
 class CallCounter:
@@ -39,7 +46,7 @@ def test_loss_and_chunk_shapes(kind):
     loss, info = p.compute_loss(batch())
     loss.backward()
     assert torch.isfinite(loss) and "loss" in info
-    obs = torch.randn(3, 2, 5)
+    obs = O(torch.randn(3, 2, 5))
     chunk = p.predict_action_chunk(obs, steps=2 if kind != "ddpm" else 4)
     assert chunk.shape == (3, 4, 2)
     seq = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(0))
@@ -53,7 +60,7 @@ def test_predict_calls_the_network_once_per_step_and_flow_uses_fixed_d(steps):
         counter = CallCounter(p.net)
         orig = p.objective.sample
         p.objective.sample = lambda model, x0, n, cond, generator=None: orig(counter, x0, n, cond)
-        p.predict_action_chunk(torch.randn(1, 2, 5), steps=steps)
+        p.predict_action_chunk(O(torch.randn(1, 2, 5)), steps=steps)
         assert counter.n == steps
         if kind == "flow":
             assert all(torch.all(d == 1 / 128) for d in counter.ds)
@@ -63,7 +70,7 @@ def test_predict_calls_the_network_once_per_step_and_flow_uses_fixed_d(steps):
 
 def test_chunk_starts_at_the_last_observed_step():
     p = make_policy()
-    obs = torch.randn(2, 2, 5)
+    obs = O(torch.randn(2, 2, 5))
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     seq = p.predict_action_sequence(obs, steps=1, generator=g1)
     chunk = p.predict_action_chunk(obs, steps=1, generator=g2)
@@ -74,23 +81,23 @@ def test_select_action_replans_every_n_action_steps_and_reset():
     p = make_policy()
     calls = []
     orig = p.predict_action_chunk
-    p.predict_action_chunk = lambda obs, steps=None: (calls.append(obs["obs"].clone()), orig(obs, steps))[1]
+    p.predict_action_chunk = lambda obs, steps=None: (calls.append(obs["state"].clone()), orig(obs, steps))[1]
     first = torch.randn(2, 5)
     for i in range(9):
-        a = p.select_action(first if i == 0 else torch.randn(2, 5))
+        a = p.select_action(O(first if i == 0 else torch.randn(2, 5)))
         assert a.shape == (2, 2)
     assert len(calls) == 3  # at steps 0, 4, 8
     # after a reset the history is the first observation repeated
     torch.testing.assert_close(calls[0][:, 0], first)
     torch.testing.assert_close(calls[0][:, 1], first)
     p.reset()
-    p.select_action(torch.randn(2, 5))
+    p.select_action(O(torch.randn(2, 5)))
     assert len(calls) == 4
 
 
 def test_actions_come_back_in_raw_units():
     p = make_policy()
-    act = p.predict_action_chunk(torch.randn(64, 2, 5), steps=4)
+    act = p.predict_action_chunk(O(torch.randn(64, 2, 5)), steps=4)
     # normalized samples from an untrained network stay near [-1, 1] -> near the [0, 512] action range
     assert act.mean().item() > 50
 
@@ -110,15 +117,15 @@ def test_ema_teacher_network_builds_the_targets():
 def test_bad_inputs_are_named():
     p = make_policy()
     with pytest.raises(ValueError, match="batch\\['action'\\] must have shape"):
-        p.compute_loss({"obs": torch.randn(2, 8, 5), "action": torch.randn(2, 7, 2)})
+        p.compute_loss({"obs": O(torch.randn(2, 2, 5)), "action": torch.randn(2, 7, 2)})
     with pytest.raises(KeyError, match="action"):
-        p.compute_loss({"obs": torch.randn(2, 8, 5)})
+        p.compute_loss({"obs": O(torch.randn(2, 2, 5))})
     with pytest.raises(ValueError, match="NaN"):
-        p.predict_action_chunk(torch.full((1, 2, 5), float("nan")))
-    with pytest.raises(ValueError, match="shape"):
-        p.predict_action_chunk(torch.randn(1, 2, 4))
+        p.predict_action_chunk(O(torch.full((1, 2, 5), float("nan"))))
+    with pytest.raises(ShapeMetaError, match=r"observation\['state'\] has shape \(1, 2, 4\), expected \(B, To, 5\)"):
+        p.predict_action_chunk(O(torch.randn(1, 2, 4)))
     with pytest.raises(ValueError, match="horizon"):
-        PolicyConfig(horizon=8, n_obs_steps=2, n_action_steps=8)
+        PolicyConfig(shape_meta=SHAPE_META, horizon=8, n_obs_steps=2, n_action_steps=8)
     with pytest.raises(ValueError, match="objective.kind"):
         ObjectiveConfig(kind="gan")
     with pytest.raises(ValueError, match="objective.parameterization"):
@@ -131,6 +138,51 @@ def test_bad_inputs_are_named():
         ObjectiveConfig(loss_space="x0")
     with pytest.raises(ValueError, match="has its own loss"):
         ObjectiveConfig(kind="ddim", loss_space="endpoint")  # would otherwise be ignored without a word
+
+
+def test_observation_keys_shapes_and_dtypes_are_checked_against_shape_meta():
+    sm = {"obs": {"observation.state": {"shape": [5]}, "points": {"shape": [3, 2]}}, "action": {"shape": [2]}}
+    p = make_policy(shape_meta=sm)
+    good = {"observation.state": torch.randn(2, 2, 5), "points": torch.randn(2, 2, 3, 2)}
+    assert p.predict_action_chunk(good, steps=1).shape == (2, 4, 2)
+    # a LeRobot-style key travels, dots included (the normalizer escapes it, the state dict keeps it)
+    assert any("observation%2Estate" in k for k in p.state_dict())
+    with pytest.raises(ShapeMetaError, match=r"missing 'points' \(B, To, 3, 2\)"):
+        p.predict_action_chunk({"observation.state": good["observation.state"]})
+    with pytest.raises(ShapeMetaError, match=r"unknown \['image'\] \(this policy would drop them\)"):
+        p.predict_action_chunk({**good, "image": torch.zeros(2, 2, 8, 8, 3, dtype=torch.uint8)})
+    with pytest.raises(ShapeMetaError, match=r"observation\['points'\] has shape \(2, 2, 6\), expected \(B, To, 3, 2\)"):
+        p.predict_action_chunk({**good, "points": torch.randn(2, 2, 6)})
+    with pytest.raises(ShapeMetaError, match=r"low_dim key: expected a float array .* got dtype int64"):
+        p.predict_action_chunk({**good, "points": torch.zeros(2, 2, 3, 2, dtype=torch.int64)})
+    with pytest.raises(ShapeMetaError, match="must be a dict"):
+        p.predict_action_chunk(torch.randn(2, 2, 5))
+    with pytest.raises(ShapeMetaError, match="leading axes"):
+        p.predict_action_chunk({**good, "points": torch.randn(3, 2, 3, 2)})
+    with pytest.raises(ShapeMetaError, match="holds 1 steps"):
+        p.predict_action_chunk({k: v[:, :1] for k, v in good.items()})
+    # numpy float64 is accepted and cast
+    np_obs = {k: v.double().numpy() for k, v in good.items()}
+    torch.testing.assert_close(p.predict_action_chunk(np_obs, 1, torch.Generator().manual_seed(0)),
+                               p.predict_action_chunk(good, 1, torch.Generator().manual_seed(0)))
+
+
+def test_a_longer_history_uses_its_newest_steps_and_training_wants_exactly_n_obs_steps():
+    p = make_policy()
+    hist = torch.randn(2, 5, 5) * 10 + 3  # 5 steps, the policy sees 2
+    a = p.predict_action_chunk(O(hist), 1, torch.Generator().manual_seed(0))
+    b = p.predict_action_chunk(O(hist[:, -2:]), 1, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ShapeMetaError, match="exactly n_obs_steps = 2"):
+        p.compute_loss({"obs": O(hist), "action": torch.rand(2, 8, 2)})
+
+
+def test_low_dim_encoder_concatenates_keys_per_step_in_shape_meta_order():
+    sm = {"obs": {"b": {"shape": [3, 2]}, "a": {"shape": [1]}}, "action": {"shape": [2]}}
+    p = make_policy(shape_meta=sm)
+    obs = {"a": torch.arange(2.0).reshape(1, 2, 1), "b": torch.arange(12.0).reshape(1, 2, 3, 2)}
+    cond = p.obs_encoder(obs)
+    assert cond.tolist() == [[0, 1, 2, 3, 4, 5, 0, 6, 7, 8, 9, 10, 11, 1]]  # step 0: b then a; step 1: b then a
 
 
 @pytest.mark.parametrize("kind, param", [("shortcut", "endpoint"), ("flow", "endpoint"), ("shortcut", "landing")])
@@ -151,7 +203,7 @@ def test_endpoint_policy_one_call_returns_the_network_output(kind, param):
             return self.w.expand_as(x)
 
     p.net = Fixed()
-    obs = batch(B=3)["obs"][:, :2]
+    obs = batch(B=3)["obs"]
     a = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(0))
     b = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b)
@@ -172,7 +224,7 @@ def test_noise_scale_scales_the_initial_noise_only():
             return torch.zeros_like(x)
 
     p.net = Identity()
-    obs = batch(B=3)["obs"][:, :2]
+    obs = batch(B=3)["obs"]
     full = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(4))
     p.set_noise_scale(0.5)
     half = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(4))

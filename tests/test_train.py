@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from shortcut_policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shortcut_policy.policy import ObjectiveConfig, PolicyConfig, ShortcutPolicy
-from shortcut_policy.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from shortcut_policy.train.loop import TrainConfig, _batch_indices, train
-from shortcut_policy.train.run import load_policy
 
 TINY = {"net": "unet1d", "net_kwargs": {"down_dims": [16, 32], "emb_dim": 32}}
+SHAPE_META = {"obs": {"state": {"shape": [5], "type": "low_dim"}}, "action": {"shape": [2]}}
 
 
 class ToyChunks(torch.utils.data.Dataset):
@@ -26,15 +26,15 @@ class ToyChunks(torch.utils.data.Dataset):
         return len(self.obs)
 
     def __getitem__(self, i):
-        return {"obs": self.obs[i], "action": self.act[i]}
+        return {"obs": {"state": self.obs[i, :2]}, "action": self.act[i]}
 
 
 def make(kind="shortcut", teacher="online"):
-    cfg = PolicyConfig(obs_dim=5, action_dim=2, horizon=8, n_obs_steps=2, n_action_steps=4,
+    cfg = PolicyConfig(shape_meta=SHAPE_META, horizon=8, n_obs_steps=2, n_action_steps=4,
                        objective=ObjectiveConfig(kind=kind, teacher=teacher), **TINY)
     p = ShortcutPolicy(cfg)
     ds = ToyChunks()
-    p.normalizer.fit({"obs": ds.obs, "action": ds.act})
+    p.normalizer.fit({"state": ds.obs, "action": ds.act})
     return p, ds, {"policy_config": cfg.to_dict(), "task": {"name": "toy"}}
 
 
@@ -116,21 +116,32 @@ def test_checkpoint_errors_are_clear(tmp_path):
     state["config"]["policy_config"]["net_kwargs"]["down_dims"] = [16, 64]
     save_checkpoint(tmp_path / "bad.pt", {k: v for k, v in state.items() if k != "format"})
     with pytest.raises(CheckpointError, match="shape mismatch"):
-        load_policy(tmp_path / "bad.pt")
+        ShortcutPolicy.from_checkpoint(tmp_path / "bad.pt")
+    # a checkpoint written before shape_meta (a flat obs vector): named, not a bare KeyError
+    state = load_checkpoint(path)
+    pc = state["config"]["policy_config"]
+    del pc["shape_meta"]
+    pc.update(obs_dim=5, action_dim=2)
+    save_checkpoint(tmp_path / "old.pt", {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(CheckpointError, match="before shape_meta"):
+        ShortcutPolicy.from_checkpoint(tmp_path / "old.pt")
 
 
-def test_load_policy_rebuilds_the_ema_policy(tmp_path):
+def test_from_checkpoint_rebuilds_the_ema_policy(tmp_path):
     p, ds, run = make()
     train(p, ds, tcfg(4), tmp_path, run)
-    loaded = load_policy(tmp_path / "checkpoints/latest.pt")
+    loaded, info = ShortcutPolicy.from_checkpoint(tmp_path / "checkpoints/latest.pt")
     state = load_checkpoint(tmp_path / "checkpoints/latest.pt")
     ref, _, _ = make()
     ref.load_state_dict(state["ema"]["module"])
-    obs = torch.randn(3, 2, 5)
+    obs = {"state": torch.randn(3, 2, 5)}
     out1 = loaded.predict_action_chunk(obs, steps=2, generator=torch.Generator().manual_seed(0))
     out2 = ref.eval().predict_action_chunk(obs, steps=2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out1, out2)
-    assert loaded.train_step == 4
+    assert info["checkpoint"]["step"] == 4 and info["task"] == {"name": "toy"}
+    assert loaded.shape_meta.keys == ["state"]
+    # nothing is set on the module: the run config travels beside it
+    assert not hasattr(loaded, "run_config") and not hasattr(loaded, "train_step")
 
 
 def test_nan_loss_stops_training(tmp_path):
@@ -143,19 +154,28 @@ def test_nan_loss_stops_training(tmp_path):
 def test_tiny_pusht_train_then_evaluate(tmp_path):
     pytest.importorskip("gym_pusht")
     from shortcut_policy.eval.sweep import sweep
-    from shortcut_policy.train.run import make_runner_for, run_training
+    from shortcut_policy.task import TaskConfig, make_runner
+    from shortcut_policy.train.run import run_training
 
-    run = {"task": {"name": "pusht_lowdim", "zarr_path": None, "obs_dim": 20, "action_dim": 2, "horizon": 16,
-                    "n_obs_steps": 2, "n_action_steps": 8, "max_train_episodes": 90,
-                    "env": {"max_steps": 40, "seed_start": 100000, "n_episodes": 2}},
+    task = {"name": "pusht_lowdim",
+            "dataset": {"path": str(Path(__file__).resolve().parents[1] / "datasets/pusht_lowdim.zarr"),
+                        "obs": {"keypoint": "keypoint", "agent_pos": {"key": "state", "index": [0, 2]}},
+                        "action": "action", "max_train_episodes": 90},
+            "horizon": 16, "n_obs_steps": 2, "n_action_steps": 8,
+            "env": {"runner": "pusht_keypoints", "max_steps": 40, "seed_start": 100000, "n_episodes": 2}}
+    run = {"task": task,
            "policy": {"net": "unet1d", "net_kwargs": {"down_dims": [16, 32, 64], "emb_dim": 32}},
            "objective": {"kind": "shortcut", "max_steps": 8, "parameterization": "landing"},
            "train": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "log_every": 2, "progress": False},
            "eval": {"episodes": 2, "steps": [1]}, "out_dir": str(tmp_path)}
     out_dir, metrics = run_training(run)
     assert 0.0 <= metrics["eval/score@1"] <= 1.0
-    policy = load_policy(out_dir / "checkpoints/latest.pt")
-    res = sweep(policy, make_runner_for(run["task"]), [1, 2], latency_iters=3, progress=False)
+    policy, stored = ShortcutPolicy.from_checkpoint(out_dir / "checkpoints/latest.pt")
+    assert stored["policy_config"]["shape_meta"] == {
+        "obs": {"keypoint": {"shape": [9, 2], "type": "low_dim"}, "agent_pos": {"shape": [2], "type": "low_dim"}},
+        "action": {"shape": [2]}}
+    runner = make_runner(TaskConfig.from_dict(stored["task"]), policy.shape_meta)
+    res = sweep(policy, runner, [1, 2], latency_iters=3, progress=False)
     assert set(res["steps"]) == {"1", "2"} and res["episodes"] == 2
     r = res["steps"]["1"]
     assert 0.0 <= r["score"] <= 1.0 and r["latency_ms_p50"] > 0 and r["control_rate_hz"] > 0

@@ -4,17 +4,28 @@ On disk (zarr format 2 or 3)::
 
     <root>/data/<key>          (T, ...)  every array has time as its first axis
     <root>/meta/episode_ends   (E,) int64, exclusive end of each episode in the time axis
+    <root>/meta/<name>         (E, ...)  optional per-episode arrays (importers keep what a round
+                               trip needs: the last next observation, model files as bytes)
+    <root> attributes          optional JSON metadata (source format, env_args, episode filters)
 
 Episode ``i`` covers steps ``episode_ends[i-1]:episode_ends[i]`` (``0:episode_ends[0]``
-for the first). Everything is loaded into numpy: the datasets this project trains on are
-a few MB, and random access into a compressed store per sample is what makes Diffusion
-Policy's data path slow without its caching layer.
+for the first). The chosen keys are loaded into numpy: random access into a compressed store per
+sample is what makes Diffusion Policy's data path slow without its caching layer, and even
+PushT's 25,650 camera frames are 0.7 GB as uint8.
+
+Stores are written to a temporary folder beside the target and renamed when complete, so an
+interrupted write never leaves a half store under the target's name.
 """
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable, Mapping
+import shutil
+import tempfile
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -83,7 +94,8 @@ class ReplayBuffer:
     directly from arrays (validated).
     """
 
-    def __init__(self, data: Mapping[str, np.ndarray], episode_ends: np.ndarray):
+    def __init__(self, data: Mapping[str, np.ndarray], episode_ends: np.ndarray,
+                 meta: Mapping[str, np.ndarray] | None = None, attrs: Mapping[str, Any] | None = None):
         data = {str(k): np.asarray(v) for k, v in data.items()}
         episode_ends = np.asarray(episode_ends)
         _check_layout(data, episode_ends)
@@ -91,6 +103,14 @@ class ReplayBuffer:
             _check_finite(key, arr)
         self._data = data
         self._episode_ends = episode_ends.astype(np.int64)
+        #: per-episode arrays stored under meta/ beside episode_ends (first axis: episodes, or free
+        #: for byte strings); the importers' business, carried through load and save unchanged
+        self.meta = {str(k): np.asarray(v) for k, v in (meta or {}).items()}
+        if "episode_ends" in self.meta:
+            raise DatasetError("meta arrays cannot be named 'episode_ends'")
+        #: JSON-serializable attributes of the store (source format, env_args, episode filters, ...)
+        self.attrs = dict(attrs or {})
+        json.dumps(self.attrs)  # fail now, not at save time
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -100,14 +120,15 @@ class ReplayBuffer:
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, keys: Iterable[str] | None = None) -> ReplayBuffer:
-        """Load ``data/<key>`` for the chosen keys (all when None) and ``meta/episode_ends``.
+        """Load ``data/<key>`` for the chosen keys (all when None), ``meta/*`` and the attributes.
 
         Reads zarr format 2 and 3 stores. Only the chosen keys are read, so a store with
-        large image arrays costs nothing when only low-dim keys are asked for.
+        large image arrays costs nothing when only low-dim keys are asked for. Errors name the
+        store and the array (a missing, truncated or corrupt chunk included).
         """
         path = Path(path)
         if not path.exists():
-            raise DatasetError(f"no zarr store at {path}")
+            raise DatasetError(f"no zarr store at {path} (resolved to {path.resolve()})")
         try:
             root = zarr.open_group(str(path), mode="r")
         except Exception as e:  # zarr raises several types for "not a group"
@@ -123,12 +144,27 @@ class ReplayBuffer:
         if missing:
             raise DatasetError(f"{path} has no data/{missing[0]}; keys that exist: {available}")
 
-        episode_ends = np.asarray(root["meta"]["episode_ends"][...])
-        data = {k: np.asarray(root["data"][k][...]) for k in keys}
+        episode_ends = _read_array(root["meta"], "episode_ends", path, "meta")
+        data = {k: _read_array(root["data"], k, path, "data") for k in keys}
+        meta = {k: _read_array(root["meta"], k, path, "meta") for k in root["meta"].array_keys() if k != "episode_ends"}
+        attrs = dict(root.attrs)
+        _verify_checksums(path, attrs, {"meta/episode_ends": episode_ends, **{f"data/{k}": v for k, v in data.items()},
+                                        **{f"meta/{k}": v for k, v in meta.items()}})
+        attrs.pop(CHECKSUMS, None)
         try:
-            return cls(data, episode_ends)
+            return cls(data, episode_ends, meta=meta, attrs=attrs)
         except DatasetError as e:
             raise DatasetError(f"{path}: {e}") from None
+
+    @staticmethod
+    def array_info(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Shapes and dtypes of the store's data arrays without reading them: {key: (shape, dtype)}."""
+        path = Path(path)
+        try:
+            root = zarr.open_group(str(path), mode="r")
+            return {k: (tuple(a.shape), np.dtype(a.dtype)) for k, a in root["data"].arrays()} if "data" in root else {}
+        except Exception as e:
+            raise DatasetError(f"{path} is not a readable zarr group: {e}") from e
 
     def add_episode(self, episode: Mapping[str, np.ndarray]) -> None:
         """Append one episode: ``episode[key]`` is (T_ep, ...) with the same T_ep for all keys.
@@ -219,11 +255,14 @@ class ReplayBuffer:
         return f"ReplayBuffer(n_episodes={self.n_episodes}, n_steps={self.n_steps}, data={shapes})"
 
     # ---------------------------------------------------------------- writing
-    def save(self, path: str | os.PathLike, zarr_format: int = 2, overwrite: bool = False) -> None:
-        """Write the buffer as a zarr store, one compressed chunk per array.
+    def save(self, path: str | os.PathLike, zarr_format: int = 2, overwrite: bool = False,
+             chunk_frames: int | None = None) -> None:
+        """Write the buffer as a zarr store, atomically (a temporary folder renamed when complete).
 
-        One chunk per array keeps a store to a handful of files (easy to ship in git)
-        and reads in one call; these arrays are small enough that chunking buys nothing.
+        Low-dim arrays are one compressed chunk each (a handful of small files that read in one
+        call). Image arrays (uint8 (T, H, W, C)) are chunked along time, ``chunk_frames`` frames
+        per chunk (default :data:`IMAGE_CHUNK_FRAMES`, chosen by measurement: docs/data.md), so one
+        frame can be read without decompressing the whole array.
         """
         if zarr_format not in (2, 3):
             raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
@@ -232,30 +271,113 @@ class ReplayBuffer:
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        kwargs = {"zarr_format": zarr_format} if _ZARR_MAJOR >= 3 else {}
-        root = zarr.open_group(str(path), mode="w", **kwargs)
-        data_group = root.create_group("data")
-        meta_group = root.create_group("meta")
-        for key, arr in self._data.items():
-            _write_array(data_group, key, arr, zarr_format)
-        _write_array(meta_group, "episode_ends", self._episode_ends, zarr_format)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            kwargs = {"zarr_format": zarr_format} if _ZARR_MAJOR >= 3 else {}
+            root = zarr.open_group(str(tmp), mode="w", **kwargs)
+            data_group = root.create_group("data")
+            meta_group = root.create_group("meta")
+            for key, arr in self._data.items():
+                frames = (chunk_frames or IMAGE_CHUNK_FRAMES) if _is_image(arr) else None
+                _write_array(data_group, key, arr, zarr_format, frames)
+            _write_array(meta_group, "episode_ends", self._episode_ends, zarr_format)
+            for key, arr in self.meta.items():
+                _write_array(meta_group, key, arr, zarr_format)
+            sums = {f"data/{k}": checksum(v) for k, v in self._data.items()}
+            sums.update({f"meta/{k}": checksum(v) for k, v in self.meta.items()})
+            sums["meta/episode_ends"] = checksum(self._episode_ends)
+            root.attrs.update({**self.attrs, CHECKSUMS: sums})
+            _replace_dir(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
-def _write_array(group, name: str, arr: np.ndarray, zarr_format: int) -> None:
-    """Write ``arr`` into ``group[name]`` as a single Blosc-zstd chunk."""
-    chunks = tuple(max(1, s) for s in arr.shape)  # zarr rejects 0-length chunks
+#: frames per chunk of an image array: see docs/data.md for the measurement behind it
+IMAGE_CHUNK_FRAMES = 16
+
+
+def _is_image(arr: np.ndarray) -> bool:
+    return arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] in (1, 3, 4)
+
+
+def _replace_dir(tmp: Path, path: Path) -> None:
+    """Move the finished ``tmp`` store to ``path``; an existing ``path`` is replaced only afterwards."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def _read_array(group, name: str, path: Path, where: str) -> np.ndarray:
+    try:
+        arr = group[name]
+        out = np.asarray(arr[...])
+    except Exception as e:  # truncated or corrupt chunks: zarr/numcodecs raise many types
+        raise DatasetError(f"cannot read {where}/{name} of {path}: {type(e).__name__}: {e} "
+                           "(truncated or corrupt store?)") from e
+    return out
+
+
+CHECKSUMS = "checksums"  # attribute of stores this package writes: {"data/<key>": crc32 of the array bytes}
+
+
+def checksum(arr: np.ndarray) -> int:
+    """CRC-32 of an array's bytes (C order): catches a flipped bit, a zero-filled missing chunk or a
+    truncated copy that still decompresses."""
+    return zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
+
+
+def _verify_checksums(path: Path, attrs: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+    sums = attrs.get(CHECKSUMS)
+    if not isinstance(sums, Mapping):
+        return  # a store written elsewhere: nothing recorded to check against
+    for name, arr in arrays.items():
+        want = sums.get(name)
+        if want is not None and checksum(arr) != int(want):
+            raise DatasetError(f"{path}: {name} does not match the checksum recorded when the store was written "
+                               "(a corrupt, truncated or partly missing chunk; zarr reads a missing chunk as "
+                               "zeros). Re-import or re-copy the dataset.")
+
+
+def encode_strings(strings: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings as (bytes uint8 (N,), exclusive ends int64 (E,)): per-episode text in numeric arrays
+    (no object arrays, nothing pickled)."""
+    blobs = [s.encode("utf-8") for s in strings]
+    ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+    return np.frombuffer(b"".join(blobs), dtype=np.uint8).copy(), ends
+
+
+def decode_strings(data: np.ndarray, ends: np.ndarray) -> list[str]:
+    raw = np.asarray(data, dtype=np.uint8).tobytes()
+    starts = np.concatenate([[0], ends[:-1]]) if len(ends) else np.zeros(0, dtype=np.int64)
+    return [raw[int(a):int(b)].decode("utf-8") for a, b in zip(starts, ends)]
+
+
+def _write_array(group, name: str, arr: np.ndarray, zarr_format: int, chunk_frames: int | None = None) -> None:
+    """Write ``arr`` into ``group[name]``, Blosc-compressed: one chunk, or ``chunk_frames`` steps per
+    chunk along time (images)."""
+    if chunk_frames is None:
+        chunks = tuple(max(1, s) for s in arr.shape)  # zarr rejects 0-length chunks
+    else:
+        chunks = (max(1, min(chunk_frames, len(arr))),) + tuple(arr.shape[1:])
+    # images: lz4 decompresses several times faster than zstd at a similar ratio on rendered frames
+    cname, shuffle = ("lz4", "SHUFFLE") if chunk_frames is not None else ("zstd", "BITSHUFFLE")
     if _ZARR_MAJOR < 3:
         from numcodecs import Blosc
 
-        group.create_dataset(
-            name, data=arr, chunks=chunks,
-            compressor=Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE),
-        )
+        group.create_dataset(name, data=arr, chunks=chunks, write_empty_chunks=True,
+                             compressor=Blosc(cname=cname, clevel=5, shuffle=getattr(Blosc, shuffle)))
         return
     if zarr_format == 2:
         from numcodecs import Blosc
 
-        compressor = Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE)
+        compressor = Blosc(cname=cname, clevel=5, shuffle=getattr(Blosc, shuffle))
     else:
-        compressor = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
-    group.create_array(name, data=arr, chunks=chunks, compressors=compressor)
+        compressor = zarr.codecs.BloscCodec(cname=cname, clevel=5, shuffle=shuffle.lower())
+    # every chunk on disk, also all-zero ones: a missing chunk file then always means damage
+    group.create_array(name, data=arr, chunks=chunks, compressors=compressor, config={"write_empty_chunks": True})

@@ -77,7 +77,9 @@ class SequenceSampler:
     """Padded windows of ``sequence_length`` steps from the episodes in ``episode_mask``.
 
     ``sample_sequence(i)`` returns key -> (sequence_length, ...) arrays (fresh copies,
-    so callers may modify them without touching the buffer).
+    so callers may modify them without touching the buffer). ``key_first_k`` limits a key to the
+    first k steps of each window (observations: only the n_obs_steps a policy sees are read, which
+    matters for images).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class SequenceSampler:
         pad_after: int = 0,
         keys: Iterable[str] | None = None,
         episode_mask: np.ndarray | None = None,
+        key_first_k: dict[str, int] | None = None,
     ):
         keys = buffer.keys() if keys is None else list(keys)
         missing = [k for k in keys if k not in buffer]
@@ -96,6 +99,10 @@ class SequenceSampler:
         self.buffer = buffer
         self.keys = keys
         self.sequence_length = int(sequence_length)
+        self.key_first_k = {k: min(int(n), self.sequence_length) for k, n in (key_first_k or {}).items()}
+        bad = {k: n for k, n in self.key_first_k.items() if k not in keys or n < 1}
+        if bad:
+            raise ValueError(f"key_first_k entries must name sampled keys with k >= 1, got {bad}")
         self.indices = create_indices(
             buffer.episode_ends, self.sequence_length, pad_before, pad_after, episode_mask
         )  # (N, 4)
@@ -112,7 +119,7 @@ class SequenceSampler:
         # Clipping the time index to the real range repeats the edge frames: that is the padding.
         t = np.arange(self.sequence_length) + (buffer_start - sample_start)  # (S,)
         t = np.clip(t, buffer_start, buffer_end - 1)
-        return {k: self.buffer[k][t] for k in self.keys}
+        return {k: self.buffer[k][t[:self.key_first_k.get(k, self.sequence_length)]] for k in self.keys}
 
 
 def get_val_mask(n_episodes: int, val_ratio: float, seed: int = 0) -> np.ndarray:

@@ -47,7 +47,9 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-ActFn = Callable[[np.ndarray], np.ndarray]  # (1, n_obs_steps, obs_dim) -> (1, n_action_steps, action_dim)
+from ..shape_meta import ShapeMeta, ShapeMetaError
+
+ActFn = Callable[[dict[str, np.ndarray]], np.ndarray]  # {key: (1, n_obs_steps, *shape)} -> (1, n_action_steps, A)
 DYADIC_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)  # core.schedule.DYADIC_COUNTS; kept here so deployment needs no torch
 _EPS = 1e-9  # seconds: tick times are sums of floats; equal instants must compare equal
 
@@ -190,21 +192,30 @@ class ActionScheduler:
 
 
 class ObservationHistory:
-    """The last ``n_obs_steps`` observations; the first one is repeated after a reset (as the
-    training windows pad an episode start). Rejects wrong shapes and NaN with a clear error."""
+    """The last ``n_obs_steps`` observations ({key: per-step array} as ``shape_meta`` describes them);
+    the first one is repeated after a reset (as the training windows pad an episode start). Rejects
+    missing or unknown keys, wrong shapes or dtypes and NaN with a clear error."""
 
-    def __init__(self, n_obs_steps: int, obs_dim: int):
-        self.n_obs_steps, self.obs_dim = int(n_obs_steps), int(obs_dim)
-        self._buf: deque[np.ndarray] = deque(maxlen=self.n_obs_steps)
+    def __init__(self, n_obs_steps: int, shape_meta: ShapeMeta):
+        self.n_obs_steps, self.shape_meta = int(n_obs_steps), shape_meta
+        self._buf: deque[dict[str, np.ndarray]] = deque(maxlen=self.n_obs_steps)
 
-    def check(self, obs: Any) -> np.ndarray:
-        arr = np.asarray(obs, dtype=np.float32)
-        if arr.shape != (self.obs_dim,):
-            raise ValueError(f"get_observation() must return shape ({self.obs_dim},), got {arr.shape}")
-        if not np.isfinite(arr).all():
-            bad = np.flatnonzero(~np.isfinite(arr)).tolist()
-            raise ValueError(f"observation contains NaN or inf at indices {bad}; refusing to act on it")
-        return arr.astype(np.float32, copy=True)
+    def check(self, obs: Any) -> dict[str, np.ndarray]:
+        if isinstance(obs, Mapping):
+            obs = {k: np.asarray(v) for k, v in obs.items()}
+        try:
+            obs = self.shape_meta.check_obs(obs, n_lead=0, lead_names=(), where="get_observation()")
+        except ShapeMetaError as e:
+            raise ValueError(str(e)) from None
+        out = {}
+        for key, arr in obs.items():
+            spec = self.shape_meta.obs[key]
+            arr = np.array(arr, dtype=spec.dtype, copy=True)
+            if spec.type == "low_dim" and not np.isfinite(arr).all():
+                bad = np.flatnonzero(~np.isfinite(arr.reshape(-1))).tolist()
+                raise ValueError(f"observation {key!r} contains NaN or inf at flat indices {bad}; refusing to act on it")
+            out[key] = arr
+        return out
 
     def reset(self, obs: Any) -> None:
         arr = self.check(obs)
@@ -217,16 +228,16 @@ class ObservationHistory:
         else:
             self._buf.append(self.check(obs))
 
-    def array(self) -> np.ndarray:
-        """(1, n_obs_steps, obs_dim) float32, oldest first."""
-        return np.stack(list(self._buf))[None]
+    def array(self) -> dict[str, np.ndarray]:
+        """{key: (1, n_obs_steps, *shape)}, oldest first."""
+        return {k: np.stack([o[k] for o in self._buf])[None] for k in self.shape_meta.keys}
 
 
 # ---------------------------------------------------------------------------------------------- inference
 @dataclass
 class ChunkRequest:
     seq: int
-    obs: np.ndarray  # (1, n_obs_steps, obs_dim)
+    obs: dict[str, np.ndarray]  # {key: (1, n_obs_steps, *shape)}
     obs_tick: int  # action 0 of the answer is due at this tick
     request_time: float
     deadline_time: float
@@ -435,21 +446,23 @@ class RealTimeController:
     """Drive a robot (or a simulator) with a chunked policy at a fixed rate.
 
     Args:
-        infer: the policy as an ``ActFn``: (1, n_obs_steps, obs_dim) float32 -> (1, n_action_steps,
+        infer: the policy as an ``ActFn``: {key: (1, n_obs_steps, *shape)} -> (1, n_action_steps,
             action_dim); e.g. ``ExportedPolicy.load(path)`` or ``policy.act_fn(steps=1)``.
-        n_obs_steps, obs_dim, n_action_steps, action_dim: the policy's shapes.
+        shape_meta: the policy's observation keys and action (``ShapeMeta``, or its dict).
+        n_obs_steps, n_action_steps: the policy's chunking.
         config: ``ControllerConfig``.
         clock: ``RealClock`` (default) or a ``FakeClock``.
         worker: factory ``(infer, n_action_steps, action_dim, clock) -> worker``; default a
             ``ThreadedInference``. Tests pass an ``InlineInference`` with simulated latency.
     """
 
-    def __init__(self, infer: ActFn, n_obs_steps: int, obs_dim: int, n_action_steps: int, action_dim: int,
-                 config: ControllerConfig | None = None, clock: Clock | None = None,
+    def __init__(self, infer: ActFn, shape_meta: ShapeMeta | Mapping[str, Any], n_obs_steps: int,
+                 n_action_steps: int, config: ControllerConfig | None = None, clock: Clock | None = None,
                  worker: Callable[..., Any] | None = None):
         self.infer = infer
-        self.n_obs_steps, self.obs_dim = int(n_obs_steps), int(obs_dim)
-        self.n_action_steps, self.action_dim = int(n_action_steps), int(action_dim)
+        self.shape_meta = ShapeMeta.from_dict(shape_meta)
+        self.n_obs_steps = int(n_obs_steps)
+        self.n_action_steps, self.action_dim = int(n_action_steps), self.shape_meta.action_dim
         self.config = config or ControllerConfig()
         self.clock = clock or RealClock(self.config.spin_s)
         self.replan_every = self.config.replan_every or max(1, self.n_action_steps // 2)
@@ -459,13 +472,14 @@ class RealTimeController:
     def for_exported(cls, policy: Any, config: ControllerConfig | None = None, **kwargs) -> "RealTimeController":
         """A controller for an ``ExportedPolicy`` (shapes read from its metadata)."""
         m = policy.metadata
-        return cls(policy, m["n_obs_steps"], m["obs_dim"], m["n_action_steps"], m["action_dim"], config, **kwargs)
+        return cls(policy, m["shape_meta"], m["n_obs_steps"], m["n_action_steps"], config, **kwargs)
 
     def run(self, get_observation: Callable[[], Any], send_action: Callable[[np.ndarray], Any],
             max_ticks: int | None = None, duration_s: float | None = None,
             should_stop: Callable[[], bool] | None = None) -> ControlStats:
         """Run until ``max_ticks`` ticks, ``duration_s`` seconds or ``should_stop()`` (checked after
-        each action). ``get_observation() -> (obs_dim,)``; ``send_action(action (action_dim,))``.
+        each action). ``get_observation() -> {key: (*shape)}`` (one step, the policy's shape_meta
+        keys: camera frames as uint8 (H, W, 3)); ``send_action(action (action_dim,))``.
 
         Before tick 0 the first chunk is computed synchronously from the first observation, so
         tick 0 sends its action 0. Returns the run's ``ControlStats``.
@@ -476,7 +490,7 @@ class RealTimeController:
         if max_ticks is None:
             max_ticks = math.inf if duration_s is None else max(1, int(round(duration_s / dt)))
         stats = ControlStats()
-        history = ObservationHistory(self.n_obs_steps, self.obs_dim)
+        history = ObservationHistory(self.n_obs_steps, self.shape_meta)
         scheduler = ActionScheduler(self.action_dim, cfg.ensemble_k)
 
         history.reset(get_observation())
@@ -554,7 +568,7 @@ class RealTimeController:
 
 
 # ---------------------------------------------------------------------------------------------- step budget
-def measure_step_latencies(make_infer: Callable[[int], ActFn], obs: np.ndarray,
+def measure_step_latencies(make_infer: Callable[[int], ActFn], obs: dict[str, np.ndarray],
                            steps: Sequence[int] = DYADIC_STEPS, iters: int = 20, warmup: int = 2,
                            quantile: float = 99.0, budget_s: float | None = None,
                            clock: Clock | None = None) -> dict[int, dict[str, float]]:
@@ -601,7 +615,7 @@ def choose_steps(latency_s: Mapping[int, float], budget_s: float, margin_s: floa
     return max(fits)
 
 
-def auto_steps(make_infer: Callable[[int], ActFn], obs: np.ndarray, deadline_s: float, margin_s: float = 0.005,
+def auto_steps(make_infer: Callable[[int], ActFn], obs: dict[str, np.ndarray], deadline_s: float, margin_s: float = 0.005,
                steps: Sequence[int] = DYADIC_STEPS, quantile: float = 99.0, iters: int = 20,
                clock: Clock | None = None) -> tuple[int, dict[int, dict[str, float]]]:
     """Measure (``measure_step_latencies``) and pick (``choose_steps``) for a deadline; returns

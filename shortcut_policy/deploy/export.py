@@ -1,9 +1,11 @@
 """Export a trained policy at a fixed step count to a file that runs without this package.
 
-The exported graph is a pure function of two inputs,
+The exported graph is a pure function of its inputs, one per observation key of the policy's
+``shape_meta`` (in its order) and the noise,
 
-    obs   (B, n_obs_steps, obs_dim)   raw observation history (pixels, metres: not normalized)
-    noise (B, horizon, action_dim)    the sampler's initial Gaussian noise x0
+    obs.<key>  (B, n_obs_steps, *shape)  raw observation history (pixels, metres: not normalized;
+                                          float32 for low-dim keys, uint8 (H, W, 3) for rgb keys)
+    noise      (B, horizon, action_dim)  the sampler's initial Gaussian noise x0
 
 and returns two outputs,
 
@@ -43,14 +45,14 @@ from torch import nn
 
 from ..policy import ShortcutPolicy
 
-from .export_format import (FORMAT_VERSION, INPUT_NAMES, METADATA_FILE, OUTPUT_NAMES, backend_for,
-                            sidecar_path)
+from .export_format import FORMAT_VERSION, METADATA_FILE, OUTPUT_NAMES, backend_for, input_names, sidecar_path
 
 ONNX_OPSET = 17
 
 
 class ChunkGraph(nn.Module):
-    """(obs, noise) -> (action_chunk, action_sequence) for one policy at a fixed step count.
+    """(*obs, noise) -> (action_chunk, action_sequence) for one policy at a fixed step count; the obs
+    tensors come in the policy's shape_meta key order.
 
     It calls the policy's own encoder, sampler and normalizer, so the traced graph is the eager
     computation with the Python loop unrolled, not a re-implementation that could drift from it.
@@ -75,6 +77,7 @@ class ChunkGraph(nn.Module):
             raise ValueError("the policy's normalizer is not fitted: export a trained policy (load_policy), "
                              "the artifact must carry the normalization")
         self.policy = policy
+        self.obs_keys = policy.shape_meta.keys
         self.steps = int(steps)
         self.sampler = sampler or kind
         self.start = cfg.n_obs_steps - 1
@@ -89,9 +92,10 @@ class ChunkGraph(nn.Module):
 
             step_schedule(self.steps, policy.objective.max_steps)
 
-    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.policy
-        cond = p._encode({"obs": obs})  # (B, cond_dim)
+        obs, noise = dict(zip(self.obs_keys, inputs[:-1])), inputs[-1]  # {key: (B, To, *shape)}, (B, H, A)
+        cond = p.encode_obs(obs)  # (B, cond_dim)
         if self.sampler == "ddim":
             naction = p.objective.sample(p.net, noise, self.steps, cond, method="ddim")  # (B, H, A)
         else:
@@ -101,13 +105,14 @@ class ChunkGraph(nn.Module):
 
 
 def export_metadata(policy: ShortcutPolicy, steps: int, backend: str, sampler: str,
-                    checkpoint: str | Path | None = None) -> dict[str, Any]:
+                    checkpoint: str | Path | None = None, run: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a loader needs to check inputs and what a reader needs to trace the file back."""
     cfg = policy.cfg
+    sm = policy.shape_meta
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "backend": backend,
-        "obs_dim": cfg.obs_dim,
+        "shape_meta": sm.to_dict(),
         "action_dim": cfg.action_dim,
         "horizon": cfg.horizon,
         "n_obs_steps": cfg.n_obs_steps,
@@ -116,16 +121,19 @@ def export_metadata(policy: ShortcutPolicy, steps: int, backend: str, sampler: s
         "objective": cfg.objective.kind,
         "sampler": sampler,
         "net": cfg.net,
-        "inputs": {"obs": ["B", cfg.n_obs_steps, cfg.obs_dim], "noise": ["B", cfg.horizon, cfg.action_dim]},
+        "inputs": {**{name: ["B", cfg.n_obs_steps, *sm.obs[k].shape]
+                      for name, k in zip(input_names(sm.keys), sm.keys)},
+                   "noise": ["B", cfg.horizon, cfg.action_dim]},
+        "input_order": input_names(sm.keys),
         "outputs": {"action_chunk": ["B", cfg.n_action_steps, cfg.action_dim],
                     "action_sequence": ["B", cfg.horizon, cfg.action_dim]},
         "chunk_start": cfg.n_obs_steps - 1,
         "source_checkpoint": None if checkpoint is None else str(checkpoint),
-        "train_step": getattr(policy, "train_step", None),
+        "train_step": None if run is None else run.get("checkpoint", {}).get("step"),
         "torch_version": torch.__version__,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    task = (getattr(policy, "run_config", None) or {}).get("task", {})
+    task = (run or {}).get("task", {})
     if isinstance(task, dict) and task.get("name"):
         meta["task"] = task["name"]
     if backend == "onnx":
@@ -133,21 +141,30 @@ def export_metadata(policy: ShortcutPolicy, steps: int, backend: str, sampler: s
     return meta
 
 
-def _example_inputs(policy: ShortcutPolicy, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs inside the data range (the normalizer's fitted obs limits), so tracing runs the real path."""
-    cfg = policy.cfg
+def example_inputs(policy: ShortcutPolicy, batch: int, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Inputs inside the data range (low-dim keys uniform within their fitted limits, images uniform
+    uint8), so tracing and verification run the real path."""
+    cfg, sm = policy.cfg, policy.shape_meta
     g = torch.Generator().manual_seed(seed)
-    field = policy.normalizer.fields["obs"]
-    lo, hi = field.input_min.float(), field.input_max.float()
-    u = torch.rand(batch, cfg.n_obs_steps, cfg.obs_dim, generator=g)
-    obs = lo + u * (hi - lo)  # (B, To, obs_dim)
+    obs = {}
+    for key, spec in sm.obs.items():
+        lead = (batch, cfg.n_obs_steps)
+        if spec.type == "rgb":
+            obs[key] = torch.randint(0, 256, (*lead, *spec.shape), generator=g, dtype=torch.uint8)
+        else:
+            field = policy.normalizer.field(key)
+            lo, hi = field.input_min.float(), field.input_max.float()  # (D,)
+            obs[key] = (lo + torch.rand(*lead, spec.dim, generator=g) * (hi - lo)).reshape(*lead, *spec.shape)
     noise = torch.randn(batch, cfg.horizon, cfg.action_dim, generator=g)  # (B, H, A)
-    return obs.to(policy.device), noise.to(policy.device)
+    return {k: v.to(policy.device) for k, v in obs.items()}, noise.to(policy.device)
 
 
 def export_policy(policy: ShortcutPolicy, path: str | Path, steps: int, sampler: str | None = None,
-                  checkpoint: str | Path | None = None) -> dict[str, Any]:
+                  checkpoint: str | Path | None = None, run: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``path`` (backend from its suffix) and ``<path>.json``; returns the metadata.
+
+    ``run``: the run config returned by ``ShortcutPolicy.from_checkpoint`` (task and training step go
+    into the metadata).
 
     The graph accepts any batch size B (traced at B=2 with the batch axis dynamic).
     """
@@ -155,9 +172,10 @@ def export_policy(policy: ShortcutPolicy, path: str | Path, steps: int, sampler:
     backend = backend_for(path)
     policy = policy.eval()
     graph = ChunkGraph(policy, steps, sampler).eval()
-    meta = export_metadata(policy, steps, backend, graph.sampler, checkpoint)
+    meta = export_metadata(policy, steps, backend, graph.sampler, checkpoint, run)
     meta_json = json.dumps(meta, indent=1)
-    example = _example_inputs(policy, batch=2)
+    obs, noise = example_inputs(policy, batch=2)
+    example = (*[obs[k] for k in graph.obs_keys], noise)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         # the nets' shape checks compare traced sizes with Python ints; the trace keeps the sizes
@@ -176,20 +194,21 @@ def export_policy(policy: ShortcutPolicy, path: str | Path, steps: int, sampler:
     return meta
 
 
-def _export_onnx(graph: ChunkGraph, example: tuple[torch.Tensor, torch.Tensor], path: Path,
+def _export_onnx(graph: ChunkGraph, example: tuple[torch.Tensor, ...], path: Path,
                  meta: dict[str, Any]) -> None:
     try:
         import onnx
     except ImportError as e:
         raise ImportError(f"ONNX export needs the onnx package ({e}); install it with: "
                           "pip install 'shortcut-policy[deploy]'") from e
-    dynamic = {name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES}
+    names = meta["input_order"]
+    dynamic = {name: {0: "batch"} for name in (*names, *OUTPUT_NAMES)}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         # dynamo=False: the TorchScript-based exporter needs no onnxscript and handles the
         # unrolled loop as plain straight-line code
-        torch.onnx.export(graph, example, str(path), input_names=list(INPUT_NAMES),
+        torch.onnx.export(graph, example, str(path), input_names=list(names),
                           output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, opset_version=ONNX_OPSET,
                           do_constant_folding=True, dynamo=False)
     model = onnx.load(str(path))
@@ -225,15 +244,15 @@ def verify_export(policy: ShortcutPolicy, path: str | Path, batch_sizes: tuple[i
     meta = exported.metadata
     policy = policy.eval()
     graph = ChunkGraph(policy, meta["steps"], meta["sampler"]).eval()
-    scale = policy.normalizer.fields["action"].scale.detach().cpu().double().numpy()  # (A,)
+    scale = policy.normalizer.field("action").scale.detach().cpu().double().numpy()  # (A,)
     start, n = meta["chunk_start"], meta["n_action_steps"]
     raw_errs, norm_errs = [], []
     for b in batch_sizes:
         for k in range(trials):
-            obs, noise = _example_inputs(policy, b, seed=seed + 1000 * b + k)
+            obs, noise = example_inputs(policy, b, seed=seed + 1000 * b + k)
             with torch.no_grad():
                 eager_seq = _eager_sequence(policy, graph, obs, noise).cpu().double().numpy()  # (B, H, A)
-            chunk, seq = exported.predict(obs.cpu().numpy(), noise.cpu().numpy())
+            chunk, seq = exported.predict({k: v.cpu().numpy() for k, v in obs.items()}, noise.cpu().numpy())
             raw_errs.append(float(np.abs(chunk - eager_seq[:, start:start + n]).max()))
             norm_errs.append(float((np.abs(seq - eager_seq) * scale).max()))
     worst = max(norm_errs)
@@ -246,7 +265,7 @@ def verify_export(policy: ShortcutPolicy, path: str | Path, batch_sizes: tuple[i
     return report
 
 
-def _eager_sequence(policy: ShortcutPolicy, graph: ChunkGraph, obs: torch.Tensor, noise: torch.Tensor
+def _eager_sequence(policy: ShortcutPolicy, graph: ChunkGraph, obs: dict[str, torch.Tensor], noise: torch.Tensor
                     ) -> torch.Tensor:
     """Eager ``predict_action_sequence`` with its x0 set to ``noise``.
 

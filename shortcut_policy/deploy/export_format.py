@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one input per shape_meta observation key (1 had a single flat "obs")
 SUFFIXES = {".pt": "torchscript", ".ts": "torchscript", ".onnx": "onnx"}
-INPUT_NAMES = ("obs", "noise")
 OUTPUT_NAMES = ("action_chunk", "action_sequence")
 METADATA_FILE = "metadata.json"  # name of the copy embedded in the artifact
-REQUIRED_METADATA = ("format_version", "backend", "obs_dim", "action_dim", "horizon", "n_obs_steps",
-                     "n_action_steps", "chunk_start", "steps", "objective", "sampler", "inputs", "outputs")
+REQUIRED_METADATA = ("format_version", "backend", "shape_meta", "action_dim", "horizon", "n_obs_steps",
+                     "n_action_steps", "chunk_start", "steps", "objective", "sampler", "inputs", "input_order",
+                     "outputs")
+
+
+def input_names(obs_keys: list[str]) -> list[str]:
+    """Graph input names: ``obs.<key>`` per observation key (shape_meta order), then ``noise``."""
+    return [f"obs.{k}" for k in obs_keys] + ["noise"]
 
 
 def backend_for(path: str | Path) -> str:

@@ -5,7 +5,7 @@ ONNX file, when one is loaded. A deployment machine can therefore run an ``.onnx
 numpy + onnxruntime alone.
 
     policy = ExportedPolicy.load("exports/pusht_1step.onnx")
-    chunk = policy.predict_action_chunk(obs_history)   # (B, n_obs_steps, obs_dim) -> (B, n_action_steps, A)
+    chunk = policy.predict_action_chunk(obs_history)   # {key: (B, n_obs_steps, *shape)} -> (B, n_action_steps, A)
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from ..shape_meta import ShapeMeta, ShapeMetaError
 from .export_format import (FORMAT_VERSION, METADATA_FILE, OUTPUT_NAMES, REQUIRED_METADATA, backend_for,
-                            sidecar_path)
+                            input_names, sidecar_path)
 
 
 class ExportError(ValueError):
@@ -33,10 +34,16 @@ def _check_metadata(meta: Any, source: str) -> dict[str, Any]:
     if meta["format_version"] != FORMAT_VERSION:
         raise ExportError(f"{source}: export format version {meta['format_version']} is not supported by this "
                           f"loader (version {FORMAT_VERSION}); re-export with this version of the package")
-    for key in ("obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps", "steps"):
+    for key in ("action_dim", "horizon", "n_obs_steps", "n_action_steps", "steps"):
         v = meta[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ExportError(f"{source}: metadata {key!r} must be a positive integer, got {v!r}")
+    try:
+        sm = ShapeMeta.from_dict(meta["shape_meta"])
+    except ShapeMetaError as e:
+        raise ExportError(f"{source}: metadata shape_meta: {e}") from None
+    if meta["input_order"] != input_names(sm.keys):
+        raise ExportError(f"{source}: metadata input_order {meta['input_order']} does not follow shape_meta's keys")
     return meta
 
 
@@ -57,7 +64,8 @@ class ExportedPolicy:
         self._runner = runner
         self._rng = np.random.default_rng(seed)
         m = metadata
-        self.obs_shape = (m["n_obs_steps"], m["obs_dim"])
+        self.shape_meta = ShapeMeta.from_dict(m["shape_meta"])
+        self.n_obs_steps = m["n_obs_steps"]
         self.noise_shape = (m["horizon"], m["action_dim"])
         self.chunk_shape = (m["n_action_steps"], m["action_dim"])
 
@@ -79,20 +87,28 @@ class ExportedPolicy:
         return cls(path, meta, runner, seed)
 
     # ------------------------------------------------------------------ inference
-    def check_obs(self, obs: Any) -> np.ndarray:
-        """(B, n_obs_steps, obs_dim) finite -> float32 array; errors name the problem."""
-        arr = np.asarray(obs, dtype=np.float32)
-        if arr.ndim != 3 or arr.shape[1:] != self.obs_shape:
-            hint = " (add the batch axis: obs[None])" if arr.shape == self.obs_shape else ""
-            raise ExportError(f"observation history must have shape (B, n_obs_steps, obs_dim) = (B, {self.obs_shape[0]}, "
-                              f"{self.obs_shape[1]}), got {arr.shape}{hint}")
-        if arr.shape[0] < 1:
-            raise ExportError("observation history has batch size 0")
-        if not np.isfinite(arr).all():
-            bad = np.argwhere(~np.isfinite(arr))[0].tolist()
-            raise ExportError(f"observation history contains NaN or inf (first at index {bad}); "
-                              "check the sensors before acting on this observation")
-        return np.ascontiguousarray(arr)
+    def check_obs(self, obs: Any) -> dict[str, np.ndarray]:
+        """{key: (B, n_obs_steps, *shape)} with the policy's keys, shapes and dtypes, low-dim keys finite
+        -> contiguous arrays (low-dim float32, rgb uint8) in input order; errors name the problem."""
+        try:
+            obs = self.shape_meta.check_obs(obs, n_lead=2, lead_names=("B", "To"), where="observation history")
+        except ShapeMetaError as e:
+            raise ExportError(str(e)) from None
+        out = {}
+        for key, x in obs.items():
+            spec = self.shape_meta.obs[key]
+            arr = np.ascontiguousarray(x, dtype=spec.dtype)
+            if arr.shape[1] != self.n_obs_steps:
+                raise ExportError(f"observation history [{key!r}] holds {arr.shape[1]} steps (shape {arr.shape}); "
+                                  f"this export takes exactly n_obs_steps = {self.n_obs_steps}")
+            if arr.shape[0] < 1:
+                raise ExportError("observation history has batch size 0")
+            if spec.type == "low_dim" and not np.isfinite(arr).all():
+                bad = np.argwhere(~np.isfinite(arr))[0].tolist()
+                raise ExportError(f"observation history [{key!r}] contains NaN or inf (first at index {bad}); "
+                                  "check the sensors before acting on this observation")
+            out[key] = arr
+        return out
 
     def check_noise(self, noise: Any, batch: int) -> np.ndarray:
         arr = np.asarray(noise, dtype=np.float32)
@@ -106,18 +122,20 @@ class ExportedPolicy:
     def predict(self, obs: Any, noise: Any) -> tuple[np.ndarray, np.ndarray]:
         """Both outputs: (action_chunk (B, n_action_steps, A), action_sequence (B, horizon, A))."""
         obs = self.check_obs(obs)
-        noise = self.check_noise(noise, obs.shape[0])
-        return self._runner(obs, noise)
+        batch = next(iter(obs.values())).shape[0]
+        noise = self.check_noise(noise, batch)
+        return self._runner([obs[k] for k in self.shape_meta.keys], noise)
 
     def predict_action_chunk(self, obs_history: Any, noise: Any | None = None) -> np.ndarray:
-        """(B, n_obs_steps, obs_dim) raw -> (B, n_action_steps, action_dim) raw actions.
+        """{key: (B, n_obs_steps, *shape)} raw -> (B, n_action_steps, action_dim) raw actions.
 
         ``noise`` (B, horizon, action_dim): the sampler's initial noise; drawn from this policy's
         seeded generator when None.
         """
         obs = self.check_obs(obs_history)
         if noise is None:
-            noise = self._rng.standard_normal((obs.shape[0], *self.noise_shape), dtype=np.float32)
+            batch = next(iter(obs.values())).shape[0]
+            noise = self._rng.standard_normal((batch, *self.noise_shape), dtype=np.float32)
         return self.predict(obs, noise)[0]
 
     def reseed(self, seed: int) -> None:
@@ -125,14 +143,14 @@ class ExportedPolicy:
         Runtime session of a many-step graph takes seconds to build (graph optimization)."""
         self._rng = np.random.default_rng(seed)
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        """The runners' / controller's ``ActFn``: (B, To, obs_dim) -> (B, n_action_steps, A)."""
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The runners' / controller's ``ActFn``: {key: (B, To, *shape)} -> (B, n_action_steps, A)."""
         return self.predict_action_chunk(obs)
 
     def __repr__(self) -> str:
         m = self.metadata
         return (f"ExportedPolicy({str(self.path)!r}, backend={self.backend}, steps={m['steps']}, "
-                f"obs {self.obs_shape}, chunk {self.chunk_shape})")
+                f"{self.shape_meta.describe()}, chunk {self.chunk_shape})")
 
 
 def _read_metadata(path: Path, embedded: str | None) -> dict[str, Any]:
@@ -175,9 +193,9 @@ def _load_torchscript(path: Path):
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     module.eval()
 
-    def run(obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(obs: list[np.ndarray], noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            chunk, seq = module(torch.from_numpy(obs), torch.from_numpy(noise))
+            chunk, seq = module(*[torch.from_numpy(o) for o in obs], torch.from_numpy(noise))
         return chunk.numpy(), seq.numpy()
 
     return run, extra[METADATA_FILE] or None
@@ -198,9 +216,10 @@ def _load_onnx(path: Path, threads: int | None):
     if names != list(OUTPUT_NAMES):
         raise ExportError(f"{path}: outputs {names}, expected {list(OUTPUT_NAMES)}; not an export of this package?")
     embedded = session.get_modelmeta().custom_metadata_map.get(METADATA_FILE)
+    names = [i.name for i in session.get_inputs()]
 
-    def run(obs: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        chunk, seq = session.run(list(OUTPUT_NAMES), {"obs": obs, "noise": noise})
+    def run(obs: list[np.ndarray], noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        chunk, seq = session.run(list(OUTPUT_NAMES), dict(zip(names, [*obs, noise])))
         return chunk, seq
 
     return run, embedded

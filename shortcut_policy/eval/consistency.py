@@ -33,18 +33,17 @@ def step_diagnostics(policy, windows: Sequence[dict[str, torch.Tensor]], steps_l
                      ref_steps: int = 128, n_noise: int = 8, seed: int = 0) -> dict[str, Any]:
     """Diagnostics per step count (see module doc) over ``windows`` x ``n_noise`` samples.
 
-    ``windows``: dataset items {"obs": (T, obs_dim), "action": (horizon, action_dim)}; the first
-    n_obs_steps observations condition the policy, the first ``horizon`` actions are the demonstration.
+    ``windows``: dataset items {"obs": {key: (n_obs_steps, *shape)}, "action": (horizon, action_dim)};
+    the observations condition the policy, the actions are the demonstration.
     """
     if not windows:
         raise ValueError("step_diagnostics needs at least one dataset window")
     if n_noise < 2:
         raise ValueError(f"n_noise must be >= 2 to measure spread, got {n_noise}")
     cfg = policy.cfg
-    obs = torch.stack([w["obs"][:cfg.n_obs_steps] for w in windows]).float()  # (B, To, D)
-    demo = torch.stack([w["action"][:cfg.horizon] for w in windows]).float()  # (B, H, A)
-    B = obs.shape[0]
-    obs_rep = obs.repeat_interleave(n_noise, dim=0)  # (B*K, To, D)
+    obs, demo = stack_windows(windows)  # {key: (B, To, ...)}, (B, H, A)
+    B = demo.shape[0]
+    obs_rep = {k: v.repeat_interleave(n_noise, dim=0) for k, v in obs.items()}  # {key: (B*K, To, ...)}
     policy.eval()
 
     def sample(n: int) -> torch.Tensor:
@@ -96,11 +95,10 @@ def target_range(policy, windows: Sequence[dict[str, torch.Tensor]], threshold: 
         raise ValueError(f"threshold must be positive, got {threshold}")
     if not hasattr(policy.objective, "two_half_jumps"):
         raise ValueError(f"target_range applies to flow/shortcut policies, not {policy.cfg.objective.kind!r}")
-    cfg, M = policy.cfg, policy.objective.max_steps
-    obs = torch.stack([w["obs"][:cfg.n_obs_steps] for w in windows]).float()  # (B, To, D)
-    demo = torch.stack([w["action"][:cfg.horizon] for w in windows]).float()  # (B, H, A)
+    M = policy.objective.max_steps
+    obs, demo = stack_windows(windows)  # {key: (B, To, ...)}, (B, H, A)
     policy.eval()
-    cond = policy._encode(policy._as_obs_dict(obs)).repeat_interleave(n_noise, dim=0)  # (B*K, C)
+    cond = policy.encode_obs(policy.prepare_obs(obs)).repeat_interleave(n_noise, dim=0)  # (B*K, C)
     x1 = policy.normalizer.normalize("action", demo).repeat_interleave(n_noise, dim=0)  # (B*K, H, A)
     n = x1.shape[0]
     g = torch.Generator().manual_seed(seed)
@@ -122,6 +120,12 @@ def target_range(policy, windows: Sequence[dict[str, torch.Tensor]], threshold: 
             "target_max": float(target.abs().max())}
         j += 1
     return out
+
+
+def stack_windows(windows: Sequence[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Dataset items -> ({key: (B, To, ...)}, actions (B, H, A) float32)."""
+    obs = {k: torch.stack([w["obs"][k] for w in windows]) for k in windows[0]["obs"]}
+    return obs, torch.stack([w["action"] for w in windows]).float()
 
 
 def pick_windows(dataset, n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:

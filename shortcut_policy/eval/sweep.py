@@ -29,7 +29,7 @@ def sweep(policy, runner, steps_list: Sequence[int] = DEFAULT_STEPS, latency_ite
         vd = f"{video_dir}/steps{n}" if video_dir and n_videos else None
         res = runner.run(policy.act_fn(steps=n, generator=g), progress=progress, video_dir=vd, n_videos=n_videos)
         seeds = [int(x) for x in res.seeds]
-        obs1 = torch.zeros(1, policy.cfg.n_obs_steps, policy.cfg.obs_dim)
+        obs1 = policy.example_obs(batch=1)  # {key: (1, To, *shape)}
         lat = measure_latency(lambda: policy.predict_action_chunk(obs1, steps=n), iters=latency_iters,
                               warmup=3, max_seconds=20.0)
         out[str(n)] = {

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..train.checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
 from .data import ImageDataset
 
 

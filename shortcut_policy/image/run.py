@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..train.checkpoint import load_trained
+from ..checkpoint import load_trained
 from ..train.loop import TrainConfig, train
 from ..utils import provenance
 from .config import ImageModelConfig
@@ -57,7 +57,8 @@ def run_image_training(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
 
 
 def load_image_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu"
-                     ) -> ShortcutImageModel:
-    """Rebuild a trained image model from its checkpoint alone. ``weights``: "ema" (default) or "online"."""
+                     ) -> tuple[ShortcutImageModel, dict]:
+    """Rebuild a trained image model from its checkpoint alone: (model, run config with
+    ``run["checkpoint"]["step"]``). ``weights``: "ema" (default) or "online"."""
     return load_trained(lambda c: ShortcutImageModel(ImageModelConfig.from_dict(c)), path, "image_model_config",
                         weights, device, other_kind="a policy")

@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..shape_meta import ShapeMeta, ShapeMetaError
+
 OBJECTIVES = ("shortcut", "flow", "ddpm", "ddim")
 
 
@@ -87,9 +89,13 @@ class ObjectiveConfig:
 
 @dataclass
 class PolicyConfig:
-    """Shapes, chunking and parts of a policy. ``obs_dim`` and ``action_dim`` come from the task."""
-    obs_dim: int = 20
-    action_dim: int = 2
+    """Shapes, chunking and parts of a policy.
+
+    ``shape_meta`` (a dict as :class:`~shortcut_policy.shape_meta.ShapeMeta` reads it) names the
+    observation keys, their shapes and types, and the action; it comes from the task (derived from
+    the dataset when the task config does not give it).
+    """
+    shape_meta: dict[str, Any] = field(default_factory=dict)
     horizon: int = 16
     n_obs_steps: int = 2
     n_action_steps: int = 8
@@ -102,7 +108,11 @@ class PolicyConfig:
     def __post_init__(self):
         if isinstance(self.objective, dict):
             self.objective = ObjectiveConfig(**self.objective)
-        for name in ("obs_dim", "action_dim", "horizon", "n_obs_steps", "n_action_steps"):
+        try:
+            self.shape_meta = ShapeMeta.from_dict(self.shape_meta).to_dict()
+        except ShapeMetaError as e:
+            raise ValueError(f"policy.shape_meta: {e}") from None
+        for name in ("horizon", "n_obs_steps", "n_action_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"policy.{name} must be >= 1, got {getattr(self, name)}")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
@@ -112,6 +122,15 @@ class PolicyConfig:
                 "observed step")
         self.net_kwargs = dict(self.net_kwargs or {})
 
+    @property
+    def meta(self) -> ShapeMeta:
+        """``shape_meta`` as a :class:`ShapeMeta`."""
+        return ShapeMeta.from_dict(self.shape_meta)
+
+    @property
+    def action_dim(self) -> int:
+        return self.meta.action_dim
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -120,7 +139,9 @@ class PolicyConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown policy config keys {sorted(unknown)}; known: {sorted(known)}")
+            hint = (" (obs_dim / action_dim: a checkpoint or config from before shape_meta; retrain, or give "
+                    "policy.shape_meta)" if {"obs_dim", "action_dim"} & unknown else "")
+            raise ValueError(f"unknown policy config keys {sorted(unknown)}; known: {sorted(known)}{hint}")
         d = dict(d)
         if isinstance(d.get("objective"), dict):
             okeys = {f.name for f in dataclasses.fields(ObjectiveConfig)}

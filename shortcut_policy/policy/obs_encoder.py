@@ -1,9 +1,9 @@
 """Observation encoders: the swappable part of a policy that turns an observation history into
 the network's condition.
 
-Interface: ``encoder(obs: dict[str, Tensor (B, To, ...)]) -> Tensor (B, out_dim)``, with the
-observation already normalized. ``out_dim`` tells the network its ``cond_dim``. Camera encoders
-register here beside the low-dim one.
+Interface: ``encoder(obs: dict[str, Tensor (B, To, *shape)]) -> Tensor (B, out_dim)``, with the
+observation already normalized and checked against the policy's ``shape_meta``. ``out_dim`` tells
+the network its ``cond_dim``. Camera encoders register here beside the low-dim one.
 """
 from __future__ import annotations
 
@@ -12,23 +12,25 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..shape_meta import ShapeMeta
+
 
 class LowDimObsEncoder(nn.Module):
-    """Concatenate the last ``n_obs_steps`` low-dim observations (Diffusion Policy's global cond)."""
+    """Concatenate the low-dim keys per step (in shape_meta order, each flattened), then the last
+    ``n_obs_steps`` steps (Diffusion Policy's global condition): (B, To * sum of key sizes)."""
 
-    def __init__(self, obs_dim: int, n_obs_steps: int, key: str = "obs"):
+    def __init__(self, shape_meta: ShapeMeta, n_obs_steps: int):
         super().__init__()
-        self.obs_dim, self.n_obs_steps, self.key = obs_dim, n_obs_steps, key
-        self.out_dim = obs_dim * n_obs_steps
+        if shape_meta.rgb_keys:
+            raise ValueError(f"obs_encoder 'lowdim' takes low_dim keys only; {shape_meta.rgb_keys} are rgb "
+                             "(camera) keys and need a vision encoder")
+        self.keys = shape_meta.low_dim_keys
+        self.n_obs_steps = n_obs_steps
+        self.out_dim = shape_meta.low_dim * n_obs_steps
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.key not in obs:
-            raise KeyError(f"observation needs key {self.key!r}, got keys {sorted(obs)}")
-        x = obs[self.key]
-        if x.ndim != 3 or x.shape[1:] != (self.n_obs_steps, self.obs_dim):
-            raise ValueError(f"obs[{self.key!r}] must have shape (B, {self.n_obs_steps}, {self.obs_dim}), "
-                             f"got {tuple(x.shape)}")
-        return x.flatten(1)  # (B, To * obs_dim)
+        x = torch.cat([obs[k].flatten(2) for k in self.keys], dim=-1)  # (B, To, D)
+        return x.flatten(1)  # (B, To * D)
 
 
 OBS_ENCODERS: dict[str, Callable[..., nn.Module]] = {"lowdim": LowDimObsEncoder}

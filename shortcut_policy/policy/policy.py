@@ -11,6 +11,7 @@ executed chunk starts at the last observed step (index n_obs_steps - 1), as in D
 from __future__ import annotations
 
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,9 @@ from torch import nn
 
 from ..core.diffusion import DiffusionObjective
 from ..core.objective import ShortcutObjective
+from ..checkpoint import load_trained
 from ..nets import make_action_net
+from ..shape_meta import ShapeMetaError
 from .config import ObjectiveConfig, PolicyConfig
 from .normalizer import Normalizer
 from .obs_encoder import make_obs_encoder
@@ -39,11 +42,30 @@ def make_objective(cfg: ObjectiveConfig) -> ShortcutObjective | DiffusionObjecti
 
 
 class ShortcutPolicy(nn.Module):
+    """Normalizer + observation encoder + action network + generative objective, built from a
+    :class:`PolicyConfig` (its ``shape_meta`` fixes the observation keys and the action).
+
+    Timing (Diffusion Policy's; To = n_obs_steps, Ta = n_action_steps, H = horizon)::
+
+        env step:      k-To+1 ... k-1   k   k+1 ... k+Ta-1 ...   k+H-To
+        observations:  |<---- To ---->|
+        predicted:     |<------------------------- H ------------------------>|
+        executed:                       |<----- Ta ----->|
+
+    The network predicts H actions for the steps from the first observed step on; the executed
+    chunk starts at the last observed step k (the action for the observation just seen).
+
+    Observations are dicts ``{key: (B, To, *shape)}`` as ``shape_meta`` describes them (low-dim keys
+    as floats, rgb keys as uint8 (H, W, 3)); anything else is refused with the key, the shape it got
+    and the shape expected.
+    """
+
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
         self.cfg = cfg
-        self.normalizer = Normalizer({"obs": cfg.obs_dim, "action": cfg.action_dim})
-        self.obs_encoder = make_obs_encoder(cfg.obs_encoder, obs_dim=cfg.obs_dim, n_obs_steps=cfg.n_obs_steps)
+        self.shape_meta = cfg.meta
+        self.normalizer = Normalizer.from_shape_meta(self.shape_meta)
+        self.obs_encoder = make_obs_encoder(cfg.obs_encoder, shape_meta=self.shape_meta, n_obs_steps=cfg.n_obs_steps)
         net_kwargs = dict(action_dim=cfg.action_dim, cond_dim=self.obs_encoder.out_dim,
                           d_embedding=cfg.objective.net_d_embedding, max_steps=cfg.objective.max_steps)
         if cfg.net.startswith("transformer"):
@@ -53,6 +75,18 @@ class ShortcutPolicy(nn.Module):
         self.num_inference_steps = cfg.objective.default_steps
         self.noise_scale = 1.0  # inference only: x0 ~ N(0, noise_scale^2); see set_noise_scale
         self.reset()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, weights: str = "ema", device: str | torch.device = "cpu"
+                        ) -> tuple[ShortcutPolicy, dict[str, Any]]:
+        """Rebuild a trained policy from its checkpoint file alone.
+
+        Returns ``(policy, run)``: the policy in eval mode with its EMA (default) or ``"online"``
+        weights, and the run config stored in the checkpoint (task, training config and command),
+        with ``run["checkpoint"] = {"path", "step", "weights"}``.
+        """
+        return load_trained(lambda c: cls(PolicyConfig.from_dict(c)), path, "policy_config", weights, device,
+                            other_kind="an image model")
 
     def set_noise_scale(self, scale: float) -> None:
         """Scale of the initial noise at inference (a sampling temperature; training is unchanged).
@@ -68,52 +102,80 @@ class ShortcutPolicy(nn.Module):
             raise ValueError(f"noise_scale must be a finite number >= 0, got {scale}")
         self.noise_scale = scale
 
-    # ------------------------------------------------------------------ helpers
+    # ------------------------------------------------------------------ observations
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def _encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Raw observation history {key: (B, >=To, ...)} -> condition (B, cond_dim)."""
-        To = self.cfg.n_obs_steps
-        nobs = {k: self.normalizer.normalize(k, v[:, :To]) for k, v in obs.items() if k in self.normalizer.dims}
-        return self.obs_encoder(nobs)
+    def prepare_obs(self, obs: Any, exact_history: bool = False) -> dict[str, torch.Tensor]:
+        """Check raw observations ``{key: (B, T, *shape)}`` against shape_meta and return the last
+        ``n_obs_steps`` steps as tensors on the policy's device (low-dim float32, rgb uint8).
 
-    def _as_obs_dict(self, obs: Any) -> dict[str, torch.Tensor]:
-        if isinstance(obs, dict):
-            d = obs
-        else:
-            d = {"obs": obs}
+        T may exceed n_obs_steps at inference (a longer history; its newest steps are used);
+        ``exact_history`` (training windows) requires T == n_obs_steps.
+        """
+        To = self.cfg.n_obs_steps
+        obs = self.shape_meta.check_obs(obs, n_lead=2, lead_names=("B", "To"))
         out = {}
-        for k, v in d.items():
-            v = torch.as_tensor(v, dtype=torch.float32, device=self.device)
-            if not torch.isfinite(v).all():
-                raise ValueError(f"observation {k!r} contains NaN or inf")
-            out[k] = v
+        for key, x in obs.items():
+            T = x.shape[1]
+            if T < To or (exact_history and T != To):
+                raise ShapeMetaError(f"observation[{key!r}] holds {T} steps (shape {tuple(x.shape)}); this policy "
+                                     f"takes {'exactly ' if exact_history else 'at least '}n_obs_steps = {To}")
+            spec = self.shape_meta.obs[key]
+            dtype = torch.uint8 if spec.type == "rgb" else torch.float32
+            x = torch.as_tensor(x[:, T - To:]).to(self.device, dtype)
+            if spec.type == "low_dim" and not torch.isfinite(x).all():
+                raise ValueError(f"observation[{key!r}] contains NaN or inf; refusing to act on it")
+            out[key] = x
+        return out
+
+    def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Prepared observations (``prepare_obs``) -> the network's condition (B, cond_dim):
+        normalization, then the observation encoder."""
+        return self.obs_encoder(self.normalizer.normalize_dict(obs))
+
+    def example_obs(self, batch: int = 1) -> dict[str, torch.Tensor]:
+        """Observations of the right shapes and dtypes, inside the data range: low-dim keys at the
+        fitted mean (zeros before fitting), images mid-grey. For latency probes and tracing."""
+        out = {}
+        for key, x in self.shape_meta.example_obs((batch, self.cfg.n_obs_steps)).items():
+            x = torch.from_numpy(x)
+            if key in self.normalizer.dims and self.normalizer.is_fitted:
+                mean = self.normalizer.field(key).input_mean.float().reshape(self.shape_meta.obs[key].shape)
+                x = x + mean
+            elif self.shape_meta.obs[key].type == "rgb":
+                x = x + 128
+            out[key] = x.to(self.device)
         return out
 
     # ------------------------------------------------------------------ training
-    def compute_loss(self, batch: dict[str, torch.Tensor], teacher: "ShortcutPolicy | None" = None
+    def compute_loss(self, batch: dict[str, Any], teacher: ShortcutPolicy | None = None
                      ) -> tuple[torch.Tensor, dict[str, float]]:
-        """batch: {"obs": (B, horizon, obs_dim), "action": (B, horizon, action_dim)} raw units.
+        """batch: {"obs": {key: (B, n_obs_steps, *shape)}, "action": (B, horizon, action_dim)}, raw units.
 
         ``teacher``: a policy whose network builds the consistency targets (an EMA copy), or None
         for this policy's own weights under no-grad.
         """
-        if "action" not in batch:
-            raise KeyError(f"batch needs an 'action' entry, got keys {sorted(batch)}")
+        if not isinstance(batch, dict) or set(batch) != {"obs", "action"}:
+            got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+            raise KeyError(f"batch must be {{'obs': {{key: (B, n_obs_steps, ...)}}, 'action': (B, horizon, "
+                           f"action_dim)}}, got {got}")
         action = batch["action"]
         H, A = self.cfg.horizon, self.cfg.action_dim
         if action.ndim != 3 or action.shape[1:] != (H, A):
             raise ValueError(f"batch['action'] must have shape (B, {H}, {A}), got {tuple(action.shape)}")
-        obs = {k: v for k, v in batch.items() if k != "action"}
-        cond = self._encode(obs)  # (B, cond_dim)
-        x1 = self.normalizer.normalize("action", action)  # (B, H, A)
+        obs = self.prepare_obs(batch["obs"], exact_history=True)
+        if next(iter(obs.values())).shape[0] != action.shape[0]:
+            raise ValueError(f"batch['obs'] holds {next(iter(obs.values())).shape[0]} examples, batch['action'] "
+                             f"{action.shape[0]}")
+        cond = self.encode_obs(obs)  # (B, cond_dim)
+        x1 = self.normalizer.normalize("action", action.to(self.device, torch.float32))  # (B, H, A)
         if teacher is None:
             teacher_net, teacher_cond = _EvalMode(self.net), None
         else:
             with torch.no_grad():
-                teacher_cond = teacher._encode(obs)
+                teacher_cond = teacher.encode_obs(obs)
             teacher_net = _EvalMode(teacher.net)
         return self.objective.loss(self.net, x1, cond, teacher=teacher_net, teacher_cond=teacher_cond)
 
@@ -122,8 +184,7 @@ class ShortcutPolicy(nn.Module):
     def predict_action_sequence(self, obs: Any, steps: int | None = None,
                                 generator: torch.Generator | None = None) -> torch.Tensor:
         """The whole predicted horizon, unnormalized: (B, horizon, action_dim)."""
-        obs = self._as_obs_dict(obs)
-        cond = self._encode(obs)  # (B, cond_dim)
+        cond = self.encode_obs(self.prepare_obs(obs))  # (B, cond_dim)
         B = cond.shape[0]
         shape = (B, self.cfg.horizon, self.cfg.action_dim)
         x0 = torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
@@ -135,7 +196,7 @@ class ShortcutPolicy(nn.Module):
     @torch.no_grad()
     def predict_action_chunk(self, obs: Any, steps: int | None = None,
                              generator: torch.Generator | None = None) -> torch.Tensor:
-        """obs: (B, n_obs_steps, obs_dim) or {key: (B, n_obs_steps, ...)} -> (B, n_action_steps, action_dim)."""
+        """{key: (B, >= n_obs_steps, *shape)} -> (B, n_action_steps, action_dim) raw actions."""
         start = self.cfg.n_obs_steps - 1
         return self.predict_action_sequence(obs, steps, generator)[:, start:start + self.cfg.n_action_steps]
 
@@ -146,12 +207,13 @@ class ShortcutPolicy(nn.Module):
 
     @torch.no_grad()
     def select_action(self, obs: Any, steps: int | None = None) -> torch.Tensor:
-        """One control step: obs (B, obs_dim) (or dict of (B, ...)) -> action (B, action_dim).
+        """One control step: {key: (B, *shape)} -> action (B, action_dim).
 
         Queues observations (repeating the first after a reset) and replans a chunk only when the
         queued actions are used up.
         """
-        obs = self._as_obs_dict(obs)
+        obs = self.shape_meta.check_obs(obs, n_lead=1, lead_names=("B",))
+        obs = {k: torch.as_tensor(v) for k, v in obs.items()}
         if not self._obs_queue:
             for _ in range(self.cfg.n_obs_steps):
                 self._obs_queue.append(obs)
@@ -164,8 +226,9 @@ class ShortcutPolicy(nn.Module):
         return self._action_queue.popleft()
 
     def act_fn(self, steps: int | None = None, generator: torch.Generator | None = None):
-        """A numpy callable for env runners: (B, To, obs_dim) -> (B, n_action_steps, action_dim)."""
-        def act(obs: np.ndarray) -> np.ndarray:
+        """A numpy callable for env runners and the controller:
+        {key: (B, To, *shape)} -> (B, n_action_steps, action_dim)."""
+        def act(obs: dict[str, np.ndarray]) -> np.ndarray:
             return self.predict_action_chunk(obs, steps, generator).cpu().numpy()
         return act
 

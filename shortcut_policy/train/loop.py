@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from ..core.ema import EMA
-from .checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from ..checkpoint import load_checkpoint, load_state_strict, save_checkpoint
 from .logger import RunLogger
 
 

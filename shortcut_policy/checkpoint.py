@@ -80,14 +80,19 @@ def load_trained(module_factory, path: str | Path, config_key: str, weights: str
     """Rebuild a trained model from its checkpoint alone (policy, image model, ...).
 
     ``module_factory(config[config_key])`` builds the untrained module; the EMA (default) or online
-    weights are loaded strictly. The module gets ``train_step`` and ``run_config`` (the whole stored
-    config: task, training command) so evaluators can report them next to their numbers.
+    weights are loaded strictly. Returns ``(module in eval mode, run config)``: the whole stored
+    config (task, training command, ...) with ``run["checkpoint"] = {"path", "step", "weights"}``
+    added, so evaluators can report it next to their numbers.
     """
     state = load_checkpoint(path, map_location=device)
     cfg = state["config"]
     if config_key not in cfg:
         raise CheckpointError(f"{path} holds no {config_key!r} (is it a checkpoint of {other_kind}?)")
-    module = module_factory(cfg[config_key])
+    try:
+        module = module_factory(cfg[config_key])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its {config_key} does not build a model with this version of the "
+                              f"package: {e}") from e
     if weights == "ema":
         if not state.get("ema"):
             raise CheckpointError(f"{path} has no EMA weights; use weights='online'")
@@ -97,6 +102,5 @@ def load_trained(module_factory, path: str | Path, config_key: str, weights: str
     else:
         raise ValueError(f"weights must be 'ema' or 'online', got {weights!r}")
     load_state_strict(module, sd, f"checkpoint {path} ({weights} weights)")
-    module.train_step = int(state["step"])
-    module.run_config = cfg
-    return module.to(device).eval()
+    run = {**cfg, "checkpoint": {"path": str(path), "step": int(state["step"]), "weights": weights}}
+    return module.to(device).eval(), run
