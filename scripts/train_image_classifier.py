@@ -17,7 +17,8 @@ from shortcut_policy.utils import provenance
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=None, help="MNIST npz (x_train, y_train, x_test, y_test); default ../shared/data/mnist/mnist.npz")
+    ap.add_argument("--data", default="data/mnist.npz",
+                    help="MNIST npz (x_train, y_train, x_test, y_test): datasets/download_mnist.py writes it")
     ap.add_argument("--out", default="runs/mnist-classifier/classifier.pt")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)

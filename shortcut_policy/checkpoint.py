@@ -7,11 +7,12 @@ leaves a truncated checkpoint behind. Loads use ``weights_only=True``: nothing i
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .utils import atomic_path
 
 FORMAT = "shortcut-policy/1"
 
@@ -23,18 +24,10 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Atomically write ``state`` (tensors, numbers, strings, lists, dicts) to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

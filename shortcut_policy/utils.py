@@ -1,11 +1,17 @@
-"""Small shared helpers: run provenance (command, machine, date) for every reported figure."""
+"""Small shared helpers: run provenance (command, machine, date) for every reported figure, and atomic
+writes (nothing half-written is ever left under a file's name)."""
 from __future__ import annotations
 
 import datetime
 import os
 import platform
 import shlex
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 
 def machine_description() -> str:
@@ -36,12 +42,42 @@ def provenance() -> dict[str, str]:
     return {"command": command_line(), "machine": machine_description(), "date": today()}
 
 
-def write_result(path: str | os.PathLike, doc: dict) -> None:
-    """Write a results JSON (parents created) and say where; the one format of docs/results."""
-    import json
-    from pathlib import Path
+@contextmanager
+def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (a file, or a folder with ``directory``); when the block
+    ends without an exception it is renamed to ``path`` (replacing what was there), otherwise removed.
 
+    The rename is atomic within a filesystem: readers see the old content or the new, never a part.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory and path.exists():  # a folder cannot replace a non-empty one: move the old one aside
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def write_result(path: str | os.PathLike, doc: dict) -> None:
+    """Write a results JSON (parents created, atomically) and say where; the one format of docs/results."""
+    import json
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {path}")

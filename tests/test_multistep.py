@@ -118,3 +118,33 @@ def test_bad_configuration_raises():
         MultiStepWrapper(RecordingEnv(), n_obs_steps=0, n_action_steps=1)
     with pytest.raises(ValueError, match="max_episode_steps"):
         MultiStepWrapper(RecordingEnv(), n_obs_steps=1, n_action_steps=1, max_episode_steps=0)
+
+
+class DictEnv(gym.Env):
+    """A Dict observation ({"pos": (2,), "cam": (4, 4, 3) uint8}) echoing the step count."""
+
+    observation_space = spaces.Dict({"pos": spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32),
+                                     "cam": spaces.Box(0, 255, shape=(4, 4, 3), dtype=np.uint8)})
+    action_space = spaces.Box(-1, 1, shape=(1,), dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return self._obs(), {}
+
+    def _obs(self):
+        return {"pos": np.array([self.t, -self.t], np.float32), "cam": np.full((4, 4, 3), self.t, np.uint8)}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 0.0, False, False, {}
+
+
+def test_dict_observations_are_stacked_per_key():
+    env = MultiStepWrapper(DictEnv(), n_obs_steps=2, n_action_steps=3)
+    assert env.observation_space["cam"].shape == (2, 4, 4, 3) and env.observation_space["pos"].shape == (2, 2)
+    obs, _ = env.reset()
+    assert obs["cam"].shape == (2, 4, 4, 3) and obs["cam"].dtype == np.uint8
+    np.testing.assert_array_equal(obs["pos"][:, 0], [0, 0])  # the first observation repeated
+    obs, *_ = env.step(chunk(0, 0, 0))
+    np.testing.assert_array_equal(obs["pos"][:, 0], [2, 3])
+    np.testing.assert_array_equal(obs["cam"][:, 0, 0, 0], [2, 3])

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import zarr
+
+from ..utils import atomic_path
 
 _ZARR_MAJOR = int(zarr.__version__.split(".")[0])
 
@@ -166,6 +166,32 @@ class ReplayBuffer:
         except Exception as e:
             raise DatasetError(f"{path} is not a readable zarr group: {e}") from e
 
+    @classmethod
+    def from_episodes(cls, episodes: Iterable[Mapping[str, np.ndarray]], meta: Mapping[str, np.ndarray] | None = None,
+                      attrs: Mapping[str, Any] | None = None) -> ReplayBuffer:
+        """Build from a sequence of episodes ({key: (T_ep, ...)}, same keys and per-step shapes), each
+        array copied once (``add_episode`` in a loop copies the growing buffer every time)."""
+        episodes = [{str(k): np.asarray(v) for k, v in ep.items()} for ep in episodes]
+        if not episodes:
+            return cls({}, np.zeros(0, dtype=np.int64), meta, attrs)
+        keys = sorted(episodes[0])
+        lengths = []
+        for i, ep in enumerate(episodes):
+            if sorted(ep) != keys:
+                raise DatasetError(f"episode {i} has keys {sorted(ep)}, episode 0 has {keys}")
+            n = {k: len(v) if v.ndim else None for k, v in ep.items()}
+            if None in n.values() or len(set(n.values())) != 1:
+                raise DatasetError(f"episode {i}: arrays need time as their first axis and one length, got {n}")
+            if next(iter(n.values())) == 0:
+                raise DatasetError(f"episode {i} is empty (0 steps)")
+            for k in keys:
+                if ep[k].shape[1:] != episodes[0][k].shape[1:]:
+                    raise DatasetError(f"episode {i}: {k} has per-step shape {ep[k].shape[1:]}, episode 0 has "
+                                       f"{episodes[0][k].shape[1:]}")
+            lengths.append(next(iter(n.values())))
+        data = {k: np.concatenate([ep[k] for ep in episodes]) for k in episodes[0]}
+        return cls(data, np.cumsum(lengths, dtype=np.int64), meta, attrs)
+
     def add_episode(self, episode: Mapping[str, np.ndarray]) -> None:
         """Append one episode: ``episode[key]`` is (T_ep, ...) with the same T_ep for all keys.
 
@@ -256,13 +282,14 @@ class ReplayBuffer:
 
     # ---------------------------------------------------------------- writing
     def save(self, path: str | os.PathLike, zarr_format: int = 2, overwrite: bool = False,
-             chunk_frames: int | None = None) -> None:
+             chunk_frames: int | None = None, image_codec: str | None = None) -> None:
         """Write the buffer as a zarr store, atomically (a temporary folder renamed when complete).
 
         Low-dim arrays are one compressed chunk each (a handful of small files that read in one
         call). Image arrays (uint8 (T, H, W, C)) are chunked along time, ``chunk_frames`` frames
-        per chunk (default :data:`IMAGE_CHUNK_FRAMES`, chosen by measurement: docs/data.md), so one
-        frame can be read without decompressing the whole array.
+        per chunk (default :data:`IMAGE_CHUNK_FRAMES`) and compressed with Blosc ``image_codec``
+        (default :data:`IMAGE_CODEC`), both chosen by measurement (docs/data.md), so a few frames can
+        be read without decompressing the whole array.
         """
         if zarr_format not in (2, 3):
             raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format}")
@@ -271,16 +298,17 @@ class ReplayBuffer:
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
+        with atomic_path(path, directory=True) as tmp:
             kwargs = {"zarr_format": zarr_format} if _ZARR_MAJOR >= 3 else {}
             root = zarr.open_group(str(tmp), mode="w", **kwargs)
             data_group = root.create_group("data")
             meta_group = root.create_group("meta")
             for key, arr in self._data.items():
-                frames = (chunk_frames or IMAGE_CHUNK_FRAMES) if _is_image(arr) else None
-                _write_array(data_group, key, arr, zarr_format, frames)
+                if _is_image(arr):
+                    _write_array(data_group, key, arr, zarr_format, chunk_frames or IMAGE_CHUNK_FRAMES,
+                                 image_codec or IMAGE_CODEC)
+                else:
+                    _write_array(data_group, key, arr, zarr_format)
             _write_array(meta_group, "episode_ends", self._episode_ends, zarr_format)
             for key, arr in self.meta.items():
                 _write_array(meta_group, key, arr, zarr_format)
@@ -288,29 +316,15 @@ class ReplayBuffer:
             sums.update({f"meta/{k}": checksum(v) for k, v in self.meta.items()})
             sums["meta/episode_ends"] = checksum(self._episode_ends)
             root.attrs.update({**self.attrs, CHECKSUMS: sums})
-            _replace_dir(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
 
-#: frames per chunk of an image array: see docs/data.md for the measurement behind it
+#: frames per chunk of an image array, and its Blosc codec: see docs/data.md for the measurement
 IMAGE_CHUNK_FRAMES = 16
+IMAGE_CODEC = "zstd"
 
 
 def _is_image(arr: np.ndarray) -> bool:
     return arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] in (1, 3, 4)
-
-
-def _replace_dir(tmp: Path, path: Path) -> None:
-    """Move the finished ``tmp`` store to ``path``; an existing ``path`` is replaced only afterwards."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
 
 
 def _read_array(group, name: str, path: Path, where: str) -> np.ndarray:
@@ -358,15 +372,16 @@ def decode_strings(data: np.ndarray, ends: np.ndarray) -> list[str]:
     return [raw[int(a):int(b)].decode("utf-8") for a, b in zip(starts, ends)]
 
 
-def _write_array(group, name: str, arr: np.ndarray, zarr_format: int, chunk_frames: int | None = None) -> None:
-    """Write ``arr`` into ``group[name]``, Blosc-compressed: one chunk, or ``chunk_frames`` steps per
-    chunk along time (images)."""
+def _write_array(group, name: str, arr: np.ndarray, zarr_format: int, chunk_frames: int | None = None,
+                 image_codec: str = "zstd") -> None:
+    """Write ``arr`` into ``group[name]``, Blosc-compressed: one chunk (zstd, bit-shuffled), or
+    ``chunk_frames`` steps per chunk along time with ``image_codec`` (images)."""
     if chunk_frames is None:
         chunks = tuple(max(1, s) for s in arr.shape)  # zarr rejects 0-length chunks
+        cname, shuffle = "zstd", "BITSHUFFLE"
     else:
         chunks = (max(1, min(chunk_frames, len(arr))),) + tuple(arr.shape[1:])
-    # images: lz4 decompresses several times faster than zstd at a similar ratio on rendered frames
-    cname, shuffle = ("lz4", "SHUFFLE") if chunk_frames is not None else ("zstd", "BITSHUFFLE")
+        cname, shuffle = image_codec, "SHUFFLE"
     if _ZARR_MAJOR < 3:
         from numcodecs import Blosc
 

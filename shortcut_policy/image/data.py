@@ -18,7 +18,6 @@ from torch.utils.data import Dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 # the shared data folder beside the repository (../shared/data), the default MNIST location
-DEFAULT_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist" / "mnist.npz"
 
 
 class ImageDataError(ValueError):
@@ -141,19 +140,15 @@ def load_npz(path: str | Path, image_key: str, label_key: str, num_classes: int 
     return ImageDataset(x, _check_labels(labels, x.shape[0], f"{path}[{label_key!r}]"), num_classes, what)
 
 
-def load_mnist(path: str | Path | None = None, split: str = "train", limit: int | None = None) -> ImageDataset:
-    """MNIST from its npz: split "train" (60000) or "test" (10000), 1 x 28 x 28, 10 classes.
-
-    ``path=None`` reads ``DEFAULT_MNIST`` (../shared/data/mnist/mnist.npz beside the repository).
-    """
+def load_mnist(path: str | Path | None, split: str = "train", limit: int | None = None) -> ImageDataset:
+    """MNIST from its npz (``datasets/download_mnist.py`` writes one): split "train" (60000) or "test"
+    (10000), 1 x 28 x 28, 10 classes."""
     if split not in ("train", "test"):
         raise ValueError(f"MNIST split must be 'train' or 'test', got {split!r}")
-    if path is None:
-        path = DEFAULT_MNIST
-        if not path.is_file():
-            raise FileNotFoundError(f"MNIST not found at the default {path}; fetch it once with "
-                                    "`python datasets/download_mnist.py --out data/mnist.npz` and pass that path "
-                                    "(image_data.path=... / --data ...)")
+    if path is None or not Path(path).is_file():
+        raise FileNotFoundError(f"MNIST not found at {path}; fetch it once with "
+                                "`python datasets/download_mnist.py --out data/mnist.npz` and pass that path "
+                                "(image_data.path=... / --data ...)")
     ds = load_npz(path, f"x_{split}", f"y_{split}", num_classes=10, channels=1, limit=limit)
     if ds.shape != (1, 28, 28):
         raise ImageDataError(f"{path}: MNIST images must be 28x28, got {ds.shape}")
@@ -214,7 +209,7 @@ def load_folder(root: str | Path, channels: int | None = None, limit: int | None
 def make_image_dataset(data: dict[str, Any], split: str = "train") -> ImageDataset:
     """Build a dataset from the run config's ``image_data`` group.
 
-    kinds: {"kind": "mnist", "path" (None: ``DEFAULT_MNIST``)}; {"kind": "npz", "path", "image_key", "label_key"
+    kinds: {"kind": "mnist", "path"}; {"kind": "npz", "path", "image_key", "label_key"
     (test split: "test_image_key", "test_label_key")}; {"kind": "folder", "path" (test split: "test_path")}.
     Optional "limit": at most this many examples.
     """

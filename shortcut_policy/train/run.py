@@ -26,9 +26,9 @@ from .loop import TrainConfig, train
 
 
 def policy_config_from_run(run: dict[str, Any], shape_meta: ShapeMeta) -> PolicyConfig:
-    task, pol = run["task"], dict(run["policy"])
-    return PolicyConfig.from_dict({**pol, "shape_meta": shape_meta.to_dict(), "horizon": task["horizon"],
-                                   "n_obs_steps": task["n_obs_steps"], "n_action_steps": task["n_action_steps"],
+    task, pol = TaskConfig.from_dict(run["task"]), dict(run["policy"])
+    return PolicyConfig.from_dict({**pol, "shape_meta": shape_meta.to_dict(), "horizon": task.horizon,
+                                   "n_obs_steps": task.n_obs_steps, "n_action_steps": task.n_action_steps,
                                    "objective": dict(run["objective"])})
 
 
