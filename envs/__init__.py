@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from envs.base import ActFn, EnvRunner, RolloutResult
+from .base import ActFn, EnvRunner, RolloutResult
 
 __all__ = ["ActFn", "EnvRunner", "RolloutResult", "make_runner", "register_runner", "runner_names"]
 
 
 def _pusht_keypoints(**kwargs) -> EnvRunner:
-    from envs.pusht import PushTRunner
+    from .pusht import PushTRunner
 
     return PushTRunner(**kwargs)
 
@@ -33,7 +33,7 @@ def runner_names() -> list[str]:
 
 
 def make_runner(name: str, **kwargs) -> EnvRunner:
-    """Build the runner registered as ``name`` with its keyword arguments (e.g. seeds, max_steps)."""
+    """Build the runner registered as ``name`` with its keyword arguments (e.g. seeds, max_episode_steps)."""
     if name not in _RUNNERS:
         raise ValueError(f"unknown env runner {name!r}; known runners: {', '.join(runner_names())}")
     return _RUNNERS[name](**kwargs)

@@ -17,9 +17,9 @@ from typing import Iterable
 import gymnasium as gym
 import numpy as np
 
-from envs.base import ActFn, EnvRunner, RolloutResult, check_n_videos, normalize_seeds
-from envs.multistep import MultiStepWrapper
-from envs.video import VideoRecorder
+from .base import ActFn, EnvRunner, RolloutResult, check_n_videos, normalize_seeds
+from .multistep import MultiStepWrapper
+from .video import VideoRecorder
 
 
 class LockstepRunner(EnvRunner):
@@ -28,13 +28,14 @@ class LockstepRunner(EnvRunner):
     name: str = "env"
     fps: float = 10.0  # video frame rate (the env's control rate)
 
-    def __init__(self, n_obs_steps: int, n_action_steps: int, max_steps: int, seeds: Iterable[int]):
-        for key, v in (("n_obs_steps", n_obs_steps), ("n_action_steps", n_action_steps), ("max_steps", max_steps)):
+    def __init__(self, n_obs_steps: int, n_action_steps: int, max_episode_steps: int, seeds: Iterable[int]):
+        for key, v in (("n_obs_steps", n_obs_steps), ("n_action_steps", n_action_steps),
+                       ("max_episode_steps", max_episode_steps)):
             if not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{key} must be a positive integer, got {v!r}")
         self.n_obs_steps = int(n_obs_steps)
         self.n_action_steps = int(n_action_steps)
-        self.max_steps = int(max_steps)
+        self.max_episode_steps = int(max_episode_steps)
         self.seeds = normalize_seeds(seeds)
         self._envs: list[MultiStepWrapper] = []
 
@@ -61,7 +62,8 @@ class LockstepRunner(EnvRunner):
         # envs are reused across runs: reset(seed) rebuilds the simulation, so a pooled env is as good as a new one
         while len(self._envs) <= i:
             self._envs.append(
-                MultiStepWrapper(VideoRecorder(self.make_env()), self.n_obs_steps, self.n_action_steps, self.max_steps)
+                MultiStepWrapper(VideoRecorder(self.make_env()), self.n_obs_steps, self.n_action_steps,
+                                 self.max_episode_steps)
             )
         return self._envs[i]
 
@@ -83,7 +85,7 @@ class LockstepRunner(EnvRunner):
         lengths = np.zeros(n, dtype=np.int64)
         act_times: list[float] = []
         recorders = [env.env for env in envs]  # the VideoRecorder under each MultiStepWrapper
-        bar = _progress_bar(progress, total=math.ceil(self.max_steps / self.n_action_steps), desc=self.name)
+        bar = _progress_bar(progress, total=math.ceil(self.max_episode_steps / self.n_action_steps), desc=self.name)
         try:
             for i, seed in enumerate(seeds):
                 if i < n_vid:

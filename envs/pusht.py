@@ -9,7 +9,7 @@ polygon corners, another layout).
 Reward and success are gym-pusht's, unchanged (checked in gym_pusht 0.1.8, envs/pusht.py
 ``PushTEnv.step``): coverage = area(block ∩ goal) / area(goal), reward = clip(coverage / 0.95,
 0, 1), ``info["is_success"] = terminated = coverage > 0.95``; the episode ends on success.
-gym-pusht's registered 300-step TimeLimit is dropped: the runner's ``max_steps`` is the limit.
+gym-pusht's registered 300-step TimeLimit is dropped: the runner's ``max_episode_steps`` is the limit.
 
 gym-pusht (and pygame, pymunk, shapely, opencv with it) is optional: ``pip install
 'shortcut-policy[pusht]'``. Only the environment classes import it; the keypoint maths is numpy.
@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.lockstep import LockstepRunner
+from .lockstep import LockstepRunner
 
 # The 9 block keypoints in the block's body frame (pixels), rows = keypoints, columns = (x, y).
 # Diffusion Policy drew them at random inside the T mask (farthest-point sampling plus a small
@@ -166,7 +166,7 @@ class PushTRunner(LockstepRunner):
         self,
         n_obs_steps: int = 2,
         n_action_steps: int = 8,
-        max_steps: int = 300,
+        max_episode_steps: int = 300,
         seeds: Iterable[int] = range(100000, 100050),
         render_size: int = 256,
         reset_states: Sequence[Sequence[float]] | np.ndarray | None = None,
@@ -174,7 +174,7 @@ class PushTRunner(LockstepRunner):
         _import_gym_pusht()  # fail here, with the install hint, rather than at the first run
         if render_size < 96:
             raise ValueError(f"render_size must be >= 96 (gym-pusht's action marker needs it), got {render_size}")
-        super().__init__(n_obs_steps, n_action_steps, max_steps, seeds)
+        super().__init__(n_obs_steps, n_action_steps, max_episode_steps, seeds)
         self.render_size = int(render_size)
         self.reset_states = None if reset_states is None else _as_states(reset_states, "reset_states").reshape(-1, 5)
 

@@ -14,14 +14,14 @@ from typing import Any
 from .data.dataset import SequenceDataset
 from .shape_meta import ShapeMeta
 
-PROTOCOL_KEYS = ("runner", "max_steps", "seed_start", "n_episodes")
+PROTOCOL_KEYS = ("runner", "max_episode_steps", "seed_start", "n_episodes")
 
 
 @dataclass
 class TaskConfig:
     """name; dataset (``SequenceDataset`` arguments: path, obs, action, val_ratio, split_seed,
     max_train_episodes, episode_filter, val_filter); chunking; optional shape_meta to check the data
-    against; env: {runner, max_steps, seed_start, n_episodes, **runner options} or None (offline)."""
+    against; env: {runner, max_episode_steps, seed_start, n_episodes, **runner options} or None (offline)."""
 
     name: str
     dataset: dict[str, Any]
@@ -79,14 +79,15 @@ def make_runner(task: TaskConfig, shape_meta: ShapeMeta | None = None, n_episode
     ``shape_meta`` (the policy's) when given. Raises for a task without a simulator."""
     if task.env is None:
         raise ValueError(f"task {task.name!r} has no simulator (task.env is null): evaluate it offline")
-    import envs
+    from . import envs
 
     env = dict(task.env)
     n = env.get("n_episodes", 50) if n_episodes is None else n_episodes
     s0 = env.get("seed_start", 100000) if seed_start is None else seed_start
     options = {k: v for k, v in env.items() if k not in PROTOCOL_KEYS}
     runner = envs.make_runner(env["runner"], n_obs_steps=task.n_obs_steps, n_action_steps=task.n_action_steps,
-                              max_steps=env.get("max_steps", 300), seeds=range(s0, s0 + n), **options)
+                              max_episode_steps=env.get("max_episode_steps", 300), seeds=range(s0, s0 + n),
+                              **options)
     if shape_meta is not None:
         check_runner(runner, shape_meta, env["runner"])
     return runner

@@ -74,10 +74,17 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
         raise
 
 
-def write_result(path: str | os.PathLike, doc: dict) -> None:
-    """Write a results JSON (parents created, atomically) and say where; the one format of docs/results."""
-    import json
+def resolve_device(name: str):
+    """A torch device from a name; "auto" picks CUDA, then Apple's MPS, then the CPU."""
+    import torch
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {path}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {name!r} (auto, cpu, cuda, cuda:1, mps): {e}") from None

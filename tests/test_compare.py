@@ -1,8 +1,8 @@
 """Paired comparison of results files (shortcut_policy.eval.compare, scripts/compare.py) and
-merging step counts into an existing results file (scripts/eval.py --merge)."""
+merging step counts into an existing results file (shortcut_policy.results.merge_results, used by
+scripts/eval.py --merge)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -14,6 +14,7 @@ import pytest
 
 from shortcut_policy.eval.compare import (episode_scores, format_comparison, paired_difference, t_quantile, t_sf,
                                           welch)
+from shortcut_policy.results import ResultError, merge_results
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,8 +23,10 @@ def result(method, per_step, seeds=(100000, 100004), **extra):
     """A results file as scripts/eval.py writes it, from {steps: episode scores}."""
     steps = {str(n): {"score": float(np.mean(s)), "success": 0.0, "episode_scores": list(map(float, s))}
              for n, s in per_step.items()}
-    return {"task": "pusht_lowdim", "method": method, "episodes": len(next(iter(per_step.values()))),
-            "seeds": list(seeds), "steps": steps, **extra}
+    doc = {"kind": "sweep", "task": "pusht_lowdim", "method": method, "command": "python scripts/eval.py ...",
+           "machine": "2-core CPU", "date": "2026-12-03", "episodes": len(next(iter(per_step.values()))),
+           "seeds": list(seeds), "steps": steps}
+    return {**doc, **extra}
 
 
 def test_paired_difference_matches_hand_computation():
@@ -147,7 +150,7 @@ def test_compare_script(tmp_path):
     assert written["steps"]["1"]["diff"] == pytest.approx(1 / 6)
     bad = subprocess.run([sys.executable, str(REPO / "scripts/compare.py"), "--a", str(fa), "--b",
                           str(tmp_path / "missing.json")], capture_output=True, text=True, cwd=REPO)
-    assert bad.returncode != 0 and "no such results file" in bad.stderr
+    assert bad.returncode != 0 and "no results file at" in bad.stderr
 
 
 def test_compare_script_with_training_seeds_writes_interval_and_plot(tmp_path):
@@ -166,28 +169,17 @@ def test_compare_script_with_training_seeds_writes_interval_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
-def _eval_module():
-    spec = importlib.util.spec_from_file_location("eval_script", REPO / "scripts/eval.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_merge_adds_step_counts_and_keeps_the_original_command():
-    merge = _eval_module().merge_results
-    base = dict(checkpoint="runs/x/latest.pt", train_steps=4000, weights="ema")
+    base = dict(checkpoint="runs/x/latest.pt", train_steps=4000, weights="ema", sampler="shortcut")
     old = result("m", {2: [0.5, 0.5], 4: [0.7, 0.7]}, command="python scripts/eval.py A", **base)
     new = result("m", {1: [0.1, 0.3], 2: [0.6, 0.6]}, command="python scripts/eval.py B", machine="cpu",
                  date="2026-11-22", **base)
-    m = merge(old, new)
+    m = merge_results(old, new)
     assert list(m["steps"]) == ["1", "2", "4"]
     assert m["steps"]["2"]["score"] == pytest.approx(0.6) and m["steps"]["4"]["score"] == pytest.approx(0.7)
     assert m["command"] == "python scripts/eval.py A"
     assert m["merges"][0]["command"] == "python scripts/eval.py B" and m["merges"][0]["steps"] == [1, 2]
-    other = dict(new, checkpoint="runs/y/latest.pt")
-    with pytest.raises(SystemExit, match="checkpoint differs"):
-        merge(old, other)
-    # a file written before --noise-scale existed sampled at scale 1: it merges with 1, not with 0.5
-    assert merge(old, dict(new, noise_scale=1.0))["steps"]["1"]["score"] == pytest.approx(0.2)
-    with pytest.raises(SystemExit, match="noise_scale differs"):
-        merge(old, dict(new, noise_scale=0.5))
+    with pytest.raises(ResultError, match="checkpoint differs"):
+        merge_results(old, dict(new, checkpoint="runs/y/latest.pt"))
+    with pytest.raises(ResultError, match="sampler differs"):
+        merge_results(old, dict(new, sampler="ddim"))

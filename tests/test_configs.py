@@ -33,19 +33,34 @@ def test_policy_configs_compose_and_validate(objective, policy, train):
     cfg = policy_config_from_run(run, PUSHT_META)  # validates the objective and network fields
     assert cfg.objective.kind == objective
     TrainConfig(**run["train"])
-    check_max_steps(run["objective"]["max_steps"])
+    if objective in ("shortcut", "flow"):
+        check_max_steps(run["objective"]["max_inference_steps"])
 
 
 def test_image_config_pins_its_own_objective():
-    """The DiT shares objective/shortcut.yaml with the policies but keeps the recipe docs/mnist.md measured,
-    whatever the policy defaults are; overrides on the command line still win."""
+    """The DiT's objectives sit on the policies' bases but keep the recipe docs/mnist.md measured (128 levels,
+    consistency weight 1), whatever the policy defaults are; command-line overrides still win."""
     policy_default = _compose("train", [])["objective"]
-    for objective in ("shortcut", "flow"):
-        obj = _compose("image", [f"objective={objective}"])["objective"]
-        assert obj["kind"] == objective
-        assert (obj["max_steps"], obj["consistency_weight"], obj["parameterization"]) == (128, 1.0, "velocity")
-        others = {k: v for k, v in obj.items() if k not in ("max_steps", "consistency_weight", "parameterization")}
-        base = _compose("train", [f"objective={objective}"])["objective"]
-        assert others == {k: v for k, v in base.items() if k in others}
-    assert _compose("image", ["objective.max_steps=16"])["objective"]["max_steps"] == 16
-    assert policy_default["kind"] == "shortcut"
+    assert (policy_default["kind"], policy_default["max_inference_steps"], policy_default["consistency_weight"]) == (
+        "shortcut", 16, 4.0)
+    shortcut = _compose("image", [])["objective"]
+    assert (shortcut["kind"], shortcut["max_inference_steps"], shortcut["consistency_weight"]) == ("shortcut", 128, 1.0)
+    flow = _compose("image", ["objective=flow_image"])["objective"]
+    assert flow == {"kind": "flow", "max_inference_steps": 128, "parameterization": "velocity"}
+    assert _compose("image", ["objective.max_inference_steps=16"])["objective"]["max_inference_steps"] == 16
+    from shortcut_policy.image.config import ImageModelConfig
+
+    for obj in (shortcut, flow):
+        ImageModelConfig(objective=obj)  # each composes into a valid typed config
+
+
+def test_objective_yamls_are_typed_configs_on_shared_bases():
+    from shortcut_policy.core.config import DiffusionConfig, FlowConfig, ShortcutConfig, objective_config
+
+    types = {"shortcut": ShortcutConfig, "flow": FlowConfig, "ddpm": DiffusionConfig, "ddim": DiffusionConfig}
+    for name, cls in types.items():
+        obj = _compose("train", [f"objective={name}"])["objective"]
+        cfg = objective_config(obj)
+        assert type(cfg) is cls and cfg.kind == name
+    # the flow base keeps its own 128-point grid (the baseline's measured setting); shortcut overrides to 16
+    assert _compose("train", ["objective=flow"])["objective"]["max_inference_steps"] == 128

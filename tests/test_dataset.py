@@ -121,8 +121,20 @@ def test_bad_horizon_and_task_keys():
 
 def test_missing_data_names_the_path_it_tried(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DatasetError, match=f"no zarr store at datasets/pusht_lowdim.zarr \\(resolved to {tmp_path}"):
-        make_dataset(TaskConfig.from_dict(PUSHT_TASK))
+    task = {**PUSHT_TASK, "dataset": {**PUSHT_TASK["dataset"], "path": "data/mine.zarr"}}
+    with pytest.raises(DatasetError, match=f"no zarr store at data/mine.zarr \\(resolved to {tmp_path}"):
+        make_dataset(TaskConfig.from_dict(task))
+
+
+def test_the_default_pusht_path_is_the_copy_shipped_in_the_package(tmp_path, monkeypatch):
+    from shortcut_policy.data.dataset import resolve_data_path
+
+    monkeypatch.chdir(tmp_path)  # anywhere: the default does not depend on the working directory
+    assert PUSHT_TASK["dataset"]["path"] == "pkg://shortcut_policy.datasets/pusht_lowdim.zarr"
+    assert resolve_data_path(PUSHT_TASK["dataset"]["path"]).resolve() == SHIPPED.resolve()
+    assert len(make_dataset(TaskConfig.from_dict(PUSHT_TASK))) == 23804
+    with pytest.raises(DatasetError, match="no installed package 'nope'"):
+        resolve_data_path("pkg://nope/x.zarr")
 
 
 def test_original_store_serves_the_same_windows(dataset, shared_data):

@@ -7,9 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from shortcut_policy.deploy.control import (ActionScheduler, ControllerConfig, FakeClock, InlineInference,
-                                            ObservationHistory, RealClock, RealTimeController, TimedChunk,
-                                            auto_steps, choose_steps, ensemble_weights, measure_step_latencies)
+from shortcut_policy.deploy.budget import auto_steps, choose_steps, measure_step_latencies
+from shortcut_policy.deploy.clocks import FakeClock, RealClock
+from shortcut_policy.deploy.controller import ControllerConfig, RealTimeController
+from shortcut_policy.deploy.scheduling import ActionScheduler, ObservationHistory, TimedChunk, ensemble_weights
+from shortcut_policy.deploy.workers import InlineInference
 from shortcut_policy.shape_meta import ShapeMeta
 
 N, A, TO, D = 8, 2, 2, 3  # n_action_steps, action_dim, n_obs_steps, observation size
@@ -292,12 +294,7 @@ def test_short_run_with_a_fast_fake_env():
 
 
 def test_deploy_sim_steps_table_prefers_explicit_rows_and_skips_baselines():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("deploy_sim", Path(__file__).parents[1] / "scripts" / "deploy_sim.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from shortcut_policy.deploy import realtime as mod
 
     def row(steps, sampler, score, misses):
         return {"steps": steps, "sampler": sampler, "score": score, "success": 0.0, "score_sem": 0.1,

@@ -13,7 +13,8 @@ import torch
 from shortcut_policy.deploy.export import ChunkGraph, export_policy, verify_export
 from shortcut_policy.deploy.export_format import sidecar_path
 from shortcut_policy.deploy.runtime import ExportedPolicy, ExportError
-from shortcut_policy.policy import ObjectiveConfig, PolicyConfig, ShortcutPolicy
+from shortcut_policy.core.config import objective_config
+from shortcut_policy.policy import PolicyConfig, ShortcutPolicy
 
 TINY = {"net": "unet1d", "net_kwargs": {"down_dims": [16, 32], "emb_dim": 32}}
 # two keys, one LeRobot-style name with a dot and one 2-D: every key becomes its own graph input
@@ -22,7 +23,7 @@ SHAPE_META = {"obs": {"observation.state": {"shape": [5]}, "points": {"shape": [
 
 def tiny_policy(kind: str = "shortcut", fit: bool = True) -> ShortcutPolicy:
     cfg = PolicyConfig(shape_meta=SHAPE_META, horizon=8, n_obs_steps=2, n_action_steps=4,
-                       objective=ObjectiveConfig(kind=kind), **TINY)
+                       objective=objective_config({"kind": kind}), **TINY)
     p = ShortcutPolicy(cfg)
     if fit:
         g = torch.Generator().manual_seed(0)
@@ -55,16 +56,16 @@ def shortcut_policy() -> ShortcutPolicy:
 @pytest.fixture(scope="module")
 def ts_export(shortcut_policy, tmp_path_factory):
     path = tmp_path_factory.mktemp("ts") / "tiny_2step.pt"
-    export_policy(shortcut_policy, path, steps=2, checkpoint="tiny.pt")
+    export_policy(shortcut_policy, path, 2, checkpoint="tiny.pt")
     return path
 
 
 def eager_chunk(policy: ShortcutPolicy, obs: dict[str, np.ndarray], noise: np.ndarray, steps: int) -> np.ndarray:
     """Eager predict_action_chunk whose generator's first draw is exactly ``noise``."""
     orig = policy.objective.sample
-    policy.objective.sample = lambda model, x0, n, cond, generator=None: orig(model, torch.from_numpy(noise), n, cond)
+    policy.objective.sample = lambda model, x0, n, cond, **kw: orig(model, torch.from_numpy(noise), n, cond, **kw)
     try:
-        return policy.predict_action_chunk(obs, steps=steps).numpy()
+        return policy.predict_action_chunk(obs, steps).numpy()
     finally:
         del policy.objective.sample
 
@@ -72,8 +73,8 @@ def eager_chunk(policy: ShortcutPolicy, obs: dict[str, np.ndarray], noise: np.nd
 @pytest.mark.parametrize("steps", [1, 3])
 def test_torchscript_matches_eager_on_the_same_noise(shortcut_policy, tmp_path, steps):
     path = tmp_path / f"p{steps}.pt"
-    meta = export_policy(shortcut_policy, path, steps=steps)
-    assert meta["steps"] == steps and meta["backend"] == "torchscript"
+    meta = export_policy(shortcut_policy, path, steps)
+    assert meta["num_inference_steps"] == steps and meta["backend"] == "torchscript"
     report = verify_export(shortcut_policy, path, batch_sizes=(1, 3), trials=2)
     assert report["ok"] and report["max_abs_err_normalized"] < 1e-5, report
     # and independently of verify_export: a hand-made comparison at batch 2
@@ -91,7 +92,7 @@ def test_onnx_matches_eager_on_the_same_noise(shortcut_policy, tmp_path):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     path = tmp_path / "p2.onnx"
-    export_policy(shortcut_policy, path, steps=2)
+    export_policy(shortcut_policy, path, 2)
     report = verify_export(shortcut_policy, path, batch_sizes=(1, 3), trials=2)
     assert report["ok"] and report["max_abs_err_normalized"] < 1e-4, report
     exported = ExportedPolicy.load(path, threads=1)
@@ -117,23 +118,24 @@ def test_ddpm_network_exports_with_ddim_and_refuses_ddpm(tmp_path):
     with pytest.raises(ValueError, match="fresh noise"):
         ChunkGraph(p, 10)  # the configured sampler is ddpm
     path = tmp_path / "ddim4.pt"
-    meta = export_policy(p, path, steps=4, sampler="ddim")
+    meta = export_policy(p, path, 4, sampler="ddim")
     assert meta["sampler"] == "ddim"
     assert verify_export(p, path, batch_sizes=(2,), trials=1)["max_abs_err_normalized"] < 1e-5
 
 
 def test_export_refuses_unfitted_normalizer_and_bad_steps(tmp_path):
     with pytest.raises(ValueError, match="not fitted"):
-        export_policy(tiny_policy(fit=False), tmp_path / "x.pt", steps=1)
-    with pytest.raises(ValueError, match="steps must be in 1..128"):
-        export_policy(tiny_policy(), tmp_path / "x.pt", steps=0)
+        export_policy(tiny_policy(fit=False), tmp_path / "x.pt", 1)
+    with pytest.raises(ValueError, match="num_inference_steps must be in 1..16"):
+        export_policy(tiny_policy(), tmp_path / "x.pt", 0)
     with pytest.raises(ValueError, match="suffix"):
-        export_policy(tiny_policy(), tmp_path / "x.bin", steps=1)
+        export_policy(tiny_policy(), tmp_path / "x.bin", 1)
 
 
 def test_metadata_is_complete_and_names_the_source(ts_export):
     meta = json.loads(sidecar_path(ts_export).read_text())
-    for key in ("shape_meta", "action_dim", "horizon", "n_obs_steps", "n_action_steps", "steps", "source_checkpoint",
+    for key in ("shape_meta", "action_dim", "horizon", "n_obs_steps", "n_action_steps", "num_inference_steps",
+                "source_checkpoint",
                 "train_step", "torch_version", "date", "input_order"):
         assert key in meta, key
     shapes = tuple(meta[k] for k in ("action_dim", "horizon", "n_obs_steps", "n_action_steps"))
@@ -182,14 +184,14 @@ def test_sidecar_checks(ts_export, tmp_path):
     copy = tmp_path / "copy.pt"
     copy.write_bytes(ts_export.read_bytes())
     # no sidecar: the copy embedded in the artifact is used
-    assert ExportedPolicy.load(copy).metadata["steps"] == 2
+    assert ExportedPolicy.load(copy).metadata["num_inference_steps"] == 2
     # a sidecar missing a key
     sidecar_path(copy).write_text(json.dumps({k: v for k, v in good.items() if k != "horizon"}))
     with pytest.raises(ExportError, match=r"lacks the keys \['horizon'\]"):
         ExportedPolicy.load(copy)
     # a sidecar of another export
-    sidecar_path(copy).write_text(json.dumps({**good, "steps": 4}))
-    with pytest.raises(ExportError, match=r"does not belong.*'steps'"):
+    sidecar_path(copy).write_text(json.dumps({**good, "num_inference_steps": 4}))
+    with pytest.raises(ExportError, match=r"does not belong.*'num_inference_steps'"):
         ExportedPolicy.load(copy)
     # extra keys (the verification report added by scripts/export.py) are fine
     sidecar_path(copy).write_text(json.dumps({**good, "verification": {"ok": True}}))
@@ -208,7 +210,7 @@ def test_artifacts_run_without_the_package(shortcut_policy, ts_export, tmp_path)
         import onnxruntime  # noqa: F401
 
         onnx_path = tmp_path / "p.onnx"
-        export_policy(shortcut_policy, onnx_path, steps=2)
+        export_policy(shortcut_policy, onnx_path, 2)
     except ImportError:
         pass
     code = textwrap.dedent(f"""

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from shortcut_policy.eval.consistency import by_step_count, format_diagnostics, pick_windows, step_diagnostics, target_range
-from shortcut_policy.policy import ObjectiveConfig, PolicyConfig, ShortcutPolicy
+from shortcut_policy.core.config import objective_config
+from shortcut_policy.policy import PolicyConfig, ShortcutPolicy
 
 
 class Contract(nn.Module):
@@ -23,7 +24,7 @@ class Contract(nn.Module):
 def policy_with(net: nn.Module) -> ShortcutPolicy:
     cfg = PolicyConfig(shape_meta={"obs": {"s": {"shape": [3]}}, "action": {"shape": [2]}}, horizon=4,
                        n_obs_steps=2, n_action_steps=2,
-                       objective=ObjectiveConfig(kind="flow"), net="unet1d",
+                       objective=objective_config({"kind": "flow"}), net="unet1d",
                        net_kwargs={"down_dims": [8, 16], "emb_dim": 16})
     p = ShortcutPolicy(cfg)
     g = torch.Generator().manual_seed(0)

@@ -1,4 +1,5 @@
-"""DDPM/DDIM baseline: schedule math, step counts, exact answers with an oracle network."""
+"""DDPM/DDIM baseline: schedule math, step counts, exact answers with an oracle network, and what the
+objective answers about its own samplers and step counts."""
 from __future__ import annotations
 
 import math
@@ -20,8 +21,7 @@ K = 100
 class Oracle(torch.nn.Module):
     """Exact denoiser when the data is a single point x_star (shape of one example).
 
-    eps = (x_k - sqrt(abar_k) x_star) / sqrt(1 - abar_k); returns x_star for "sample" prediction.
-    Records every call's t, d and the eps it implied.
+    eps = (x_k - sqrt(abar_k) x_star) / sqrt(1 - abar_k). Records every call's t, d and eps.
     """
 
     def __init__(self, obj: DiffusionObjective, x_star: torch.Tensor):
@@ -36,7 +36,7 @@ class Oracle(torch.nn.Module):
         self.ts.append(t.clone())
         self.ds.append(d.clone())
         self.eps.append(eps.clone())
-        return eps if self.obj.prediction_type == "epsilon" else self.x_star.expand_as(x).clone()
+        return eps
 
 
 class Counter(torch.nn.Module):
@@ -55,46 +55,28 @@ def _x_star(shape=(4, 3), dtype=torch.float64):
 
 
 # ------------------------------------------------------------------ schedules
-@pytest.mark.parametrize("schedule", ["squaredcos_cap_v2", "linear"])
-def test_alphas_cumprod_strictly_decreasing_in_unit_interval(schedule):
-    abar = DiffusionObjective(beta_schedule=schedule).alphas_cumprod
-    assert abar.dtype == torch.float64 and abar.shape == (K,)
-    assert torch.all(abar > 0) and torch.all(abar < 1)
-    assert torch.all(abar[1:] < abar[:-1])
+def test_alphas_cumprod_strictly_decreasing_in_unit_interval():
+    abar = DiffusionObjective().alphas_cumprod
+    assert torch.all(abar[1:] < abar[:-1]) and torch.all((abar > 0) & (abar < 1))
 
 
 def test_cosine_schedule_matches_closed_form():
-    obj = DiffusionObjective(num_train_timesteps=K, beta_schedule="squaredcos_cap_v2")
+    obj = DiffusionObjective(num_train_timesteps=K)
     f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
-    expected = torch.tensor([f((k + 1) / K) / f(0.0) for k in range(K)], dtype=torch.float64)
     # every beta but the last is below the 0.999 cap, so the product telescopes to the closed form
     assert torch.all(obj.betas[:-1] < 0.999)
-    torch.testing.assert_close(obj.alphas_cumprod[:-1], expected[:-1], rtol=1e-12, atol=1e-15)
+    for k in (0, 10, 50, 98):
+        assert obj.alphas_cumprod[k].item() == pytest.approx(f((k + 1) / K) / f(0), rel=1e-9)
     assert obj.betas[-1] == pytest.approx(0.999)  # f(1) = 0: the last beta hits the cap
+    assert torch.equal(make_betas(K), obj.betas)
 
 
-def test_linear_schedule_endpoints():
-    betas = make_betas("linear", 10, beta_start=1e-4, beta_end=0.02)
-    assert betas[0].item() == pytest.approx(1e-4) and betas[-1].item() == pytest.approx(0.02)
-    assert torch.all(betas[1:] > betas[:-1])
-
-
-# ------------------------------------------------------------------ timesteps
-@pytest.mark.parametrize("spacing", ["leading", "trailing"])
-def test_inference_timesteps_strictly_decreasing_and_in_range(spacing):
-    for n in range(1, K + 1):
-        ks = inference_timesteps(K, n, spacing)
-        assert len(ks) == n
-        assert all(0 <= k < K for k in ks)
-        assert all(a > b for a, b in zip(ks, ks[1:]))
-    assert inference_timesteps(K, K, spacing) == list(range(K - 1, -1, -1))
-
-
-def test_leading_and_trailing_timesteps():
-    assert inference_timesteps(K, 10, "leading") == [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]
-    assert inference_timesteps(K, 1, "leading") == [0]
-    assert inference_timesteps(K, 10, "trailing") == [99, 89, 79, 69, 59, 49, 39, 29, 19, 9]
-    assert inference_timesteps(K, 1, "trailing") == [K - 1]
+def test_trailing_inference_timesteps():
+    for n in (1, 2, 3, 7, 10, 33, 100):
+        ks = inference_timesteps(K, n)
+        assert len(ks) == n and ks[0] == K - 1 and all(a > b for a, b in zip(ks, ks[1:])) and ks[-1] >= 0
+    assert inference_timesteps(K, K) == list(range(K - 1, -1, -1))
+    assert inference_timesteps(K, 10) == [99, 89, 79, 69, 59, 49, 39, 29, 19, 9]
 
 
 def test_t_mapping_endpoints_and_round_trip():
@@ -126,17 +108,15 @@ def test_loss_calls_model_once_and_ignores_teacher():
 
 
 # ----------------------------------------------------------- oracle answers
-@pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize("steps", [1, 2, 7, 10, 100])
-@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
-def test_ddim_eta0_recovers_the_single_data_point(spacing, steps, prediction):
-    obj = DiffusionObjective(sampler="ddim", timestep_spacing=spacing, prediction_type=prediction)
+def test_ddim_recovers_the_single_data_point(steps):
+    obj = DiffusionObjective(sampler="ddim")
     x_star = _x_star()
     model = Oracle(obj, x_star)
     x0 = torch.randn((6, *x_star.shape), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     out = obj.sample(model, x0, steps)
     torch.testing.assert_close(out, x_star.expand_as(out), atol=1e-9, rtol=0)
-    # eta = 0 moves along the oracle's straight DDIM path: the implied noise never changes
+    # DDIM moves along the oracle's straight path: the implied noise never changes
     for eps in model.eps[1:]:
         torch.testing.assert_close(eps, model.eps[0], atol=1e-9, rtol=0)
 
@@ -151,14 +131,12 @@ def test_ddpm_recovers_the_single_data_point(steps):
     torch.testing.assert_close(out, x_star.expand_as(out), atol=1e-9, rtol=0)
 
 
-@pytest.mark.parametrize("method,eta,steps", [("ddpm", 0.0, 100), ("ddpm", 0.0, 10), ("ddim", 1.0, 10),
-                                              ("ddim", 0.5, 10)])
-def test_stochastic_sampler_intermediate_marginals_are_correct(method, eta, steps):
-    """With exact x0 a DDPM step (or DDIM with eta > 0) keeps the marginals, so every visited x_k must be
-    distributed as sqrt(abar_k) x* + sqrt(1 - abar_k) N(0, 1): the implied noise stays standard normal.
-    Trailing spacing starts at k = K-1, where pure noise is the right marginal ("leading" with 10 steps
-    starts at k = 90, abar = 0.02, whose marginal pure noise only approximates)."""
-    obj = DiffusionObjective(sampler=method, ddim_eta=eta, timestep_spacing="trailing")
+@pytest.mark.parametrize("steps", [100, 10])
+def test_ddpm_intermediate_marginals_are_correct(steps):
+    """With exact x0 a DDPM step keeps the marginals, so every visited x_k must be distributed as
+    sqrt(abar_k) x* + sqrt(1 - abar_k) N(0, 1): the implied noise stays standard normal. Trailing
+    spacing starts at k = K-1, where pure noise is the right marginal."""
+    obj = DiffusionObjective(sampler="ddpm")
     x_star = torch.tensor([0.5], dtype=torch.float64)
     model = Oracle(obj, x_star)
     x0 = torch.randn((4000, 1), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
@@ -169,7 +147,7 @@ def test_stochastic_sampler_intermediate_marginals_are_correct(method, eta, step
 
 
 def test_ddpm_is_reproducible_with_a_generator():
-    obj = DiffusionObjective(sampler="ddpm", clip_sample=False)
+    obj = DiffusionObjective(sampler="ddpm", clip_range=1e9)
     model = lambda x, t, d, c: 0.1 * x  # noqa: E731
     x0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
     a = obj.sample(model, x0, 10, generator=torch.Generator().manual_seed(5))
@@ -179,30 +157,32 @@ def test_ddpm_is_reproducible_with_a_generator():
     assert not torch.allclose(a, c)
 
 
-def test_ddim_eta0_is_deterministic_and_eta1_is_not():
+def test_ddim_is_deterministic_and_the_objective_says_which_samplers_are():
     model = lambda x, t, d, c: 0.1 * x  # noqa: E731
     x0 = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
-    det = DiffusionObjective(sampler="ddim", ddim_eta=0.0)
-    assert torch.equal(det.sample(model, x0, 10, generator=torch.Generator().manual_seed(1)),
-                       det.sample(model, x0, 10, generator=torch.Generator().manual_seed(2)))
-    sto = DiffusionObjective(sampler="ddim", ddim_eta=1.0)
-    assert not torch.allclose(sto.sample(model, x0, 10, generator=torch.Generator().manual_seed(1)),
-                              sto.sample(model, x0, 10, generator=torch.Generator().manual_seed(2)))
+    obj = DiffusionObjective(sampler="ddpm")
+    assert torch.equal(obj.sample(model, x0, 10, generator=torch.Generator().manual_seed(1), sampler="ddim"),
+                       obj.sample(model, x0, 10, generator=torch.Generator().manual_seed(2), sampler="ddim"))
+    assert obj.deterministic("ddim") and not obj.deterministic("ddpm") and not obj.deterministic()
+    assert obj.samplers == ("ddpm", "ddim") and DiffusionObjective(sampler="ddim").samplers == ("ddim", "ddpm")
+    assert obj.default_inference_steps == K and DiffusionObjective(sampler="ddim").default_inference_steps == 10
+    assert obj.sweep_inference_steps() == [1, 2, 4, 5, 10, 20, 25, 50, 100]
+    assert obj.sweep_inference_steps("ddim") == [1, 2, 4, 8, 10, 16, 32, 64]
+    obj.check_inference_steps(3, "ddim")
+    with pytest.raises(ValueError, match="divide num_train_timesteps=100"):
+        obj.check_inference_steps(3)
 
 
-def test_clip_sample_clamps_predicted_x0():
-    x_star = torch.full((2,), 3.0, dtype=torch.float64)  # outside the default clip range of 1
+def test_predicted_x0_is_clipped():
+    x_star = torch.full((2,), 3.0, dtype=torch.float64)  # outside the clip range of 1
     x0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    clipped = DiffusionObjective(sampler="ddim", clip_sample=True, clip_range=1.0)
-    free = DiffusionObjective(sampler="ddim", clip_sample=False)
+    clipped = DiffusionObjective(sampler="ddim")
     assert torch.allclose(clipped.sample(Oracle(clipped, x_star), x0, 10), torch.ones(4, 2, dtype=torch.float64))
-    torch.testing.assert_close(free.sample(Oracle(free, x_star), x0, 10), x_star.expand(4, 2), atol=1e-9, rtol=0)
 
 
 # ------------------------------------------------------------------- loss
-@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
-def test_loss_is_zero_for_the_oracle_and_positive_otherwise(prediction):
-    obj = DiffusionObjective(prediction_type=prediction)
+def test_loss_is_zero_for_the_oracle_and_positive_otherwise():
+    obj = DiffusionObjective()
     x_star = _x_star()
     x1 = x_star.expand(16, *x_star.shape).clone()
     loss, info = obj.loss(Oracle(obj, x_star), x1, generator=torch.Generator().manual_seed(0))
@@ -220,18 +200,18 @@ def test_loss_backpropagates_into_the_model():
 
 
 def test_t_and_d_passed_to_the_model_are_consistent_between_loss_and_sample():
-    obj = DiffusionObjective(max_steps=64)
+    obj = DiffusionObjective()
     x_star = torch.zeros(2)
     model = Oracle(obj, x_star)
     obj.loss(model, torch.zeros(2000, 2), generator=torch.Generator().manual_seed(0))
     t_loss = model.ts[0]
     assert t_loss.dtype == torch.float32 and torch.all((t_loss >= 0) & (t_loss <= 1))
-    assert torch.all(model.ds[0] == 1 / 64)
+    assert torch.all(model.ds[0] == 1.0)
     model.ts.clear()
     obj.sample(model, torch.randn(3, 2), K, generator=torch.Generator().manual_seed(0))
     t_sample = torch.stack([t[0] for t in model.ts])  # one t per step, k = 99 .. 0
     assert t_sample[0].item() == 0.0 and torch.all(t_sample[1:] > t_sample[:-1])
-    assert all(torch.all(d == 1 / 64) for d in model.ds)
+    assert all(torch.all(d == 1.0) for d in model.ds)
     # the same k gives bit-identical t in the loss and in the sampler
     k_loss = t_to_timestep(t_loss, K)
     assert torch.equal(t_loss, t_sample[K - 1 - k_loss])
@@ -248,22 +228,16 @@ def test_image_shaped_inputs():
     out = obj.sample(model, torch.randn(2, 3, 4, 4, dtype=torch.float64), 5)
     assert out.shape == (2, 3, 4, 4)
     torch.testing.assert_close(out, x1, atol=1e-9, rtol=0)
-    out = obj.sample(model, torch.randn(2, 3, 4, 4, dtype=torch.float64), 5, method="ddpm",
+    out = obj.sample(model, torch.randn(2, 3, 4, 4, dtype=torch.float64), 5, sampler="ddpm",
                      generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, x1, atol=1e-9, rtol=0)
 
 
 # -------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs,match", [
-    ({"beta_schedule": "cosine"}, "beta_schedule"),
-    ({"prediction_type": "v_prediction"}, "prediction_type"),
     ({"sampler": "euler"}, "sampler"),
-    ({"timestep_spacing": "linspace"}, "timestep_spacing"),
     ({"num_train_timesteps": 0}, "num_train_timesteps"),
     ({"clip_range": 0.0}, "clip_range"),
-    ({"ddim_eta": -0.1}, "ddim_eta"),
-    ({"max_steps": 0}, "max_steps"),
-    ({"beta_schedule": "linear", "beta_start": 0.1, "beta_end": 0.01}, "beta_start"),
 ])
 def test_bad_config_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -273,16 +247,16 @@ def test_bad_config_raises(kwargs, match):
 def test_bad_sample_arguments_raise():
     obj = DiffusionObjective()
     x0 = torch.randn(2, 3)
-    with pytest.raises(ValueError, match="steps"):
-        obj.sample(Counter(), x0, 0, method="ddim")
-    with pytest.raises(ValueError, match="steps"):
-        obj.sample(Counter(), x0, K + 1, method="ddim")
-    with pytest.raises(TypeError, match="steps"):
-        obj.sample(Counter(), x0, 2.0, method="ddim")
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        obj.sample(Counter(), x0, 0, sampler="ddim")
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        obj.sample(Counter(), x0, K + 1, sampler="ddim")
+    with pytest.raises(TypeError, match="num_inference_steps"):
+        obj.sample(Counter(), x0, 2.0, sampler="ddim")
     with pytest.raises(ValueError, match="divide"):
-        obj.sample(Counter(), x0, 3, method="ddpm")
-    with pytest.raises(ValueError, match="method"):
-        obj.sample(Counter(), x0, 10, method="dpm")
+        obj.sample(Counter(), x0, 3, sampler="ddpm")
+    with pytest.raises(ValueError, match="sampler"):
+        obj.sample(Counter(), x0, 10, sampler="dpm")
     with pytest.raises(ValueError, match="x0"):
         obj.sample(Counter(), torch.zeros(2, 3, dtype=torch.long), 10)
     with pytest.raises(ValueError, match="shape of x"):
@@ -300,7 +274,7 @@ def test_bad_loss_arguments_raise():
 
 
 def test_describe_rebuilds_the_objective():
-    obj = DiffusionObjective(num_train_timesteps=50, beta_schedule="linear", sampler="ddim", ddim_eta=0.3)
+    obj = DiffusionObjective(num_train_timesteps=50, sampler="ddim")
     cfg = obj.describe()
     assert cfg.pop("kind") == "diffusion"
     assert "betas" not in cfg and "alphas_cumprod" not in cfg
@@ -312,7 +286,7 @@ def test_describe_rebuilds_the_objective():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_data_with_a_cpu_generator_matches_cpu():
-    obj = DiffusionObjective(sampler="ddpm", clip_sample=False)
+    obj = DiffusionObjective(sampler="ddpm", clip_range=1e9)
     model = lambda x, t, d, c: 0.1 * x  # noqa: E731
     x0 = torch.randn(3, 4, dtype=torch.float64)
     cpu = obj.sample(model, x0, 10, generator=torch.Generator().manual_seed(0))

@@ -6,13 +6,13 @@ import torch
 from shortcut_policy.core import EMA, TimeStepEmbedding
 
 
-def test_ema_warmup_and_half_life():
+def test_ema_warmup_and_constant_decay():
     net = torch.nn.Linear(2, 2)
     ema = EMA(net, max_decay=0.9999, power=0.75)
     assert ema.decay(1) == pytest.approx(1 - 2 ** -0.75)
     assert ema.decay(10 ** 9) == 0.9999
-    hl = EMA(net, half_life=100, warmup=False)
-    assert hl.decay(1) ** 100 == pytest.approx(0.5)
+    const = EMA(net, max_decay=0.999, warmup=False)  # the reference's teacher: 0.999 from the first update
+    assert const.decay(1) == const.decay(500) == 0.999
 
 
 def test_ema_tracks_weights_and_round_trips():
@@ -30,9 +30,8 @@ def test_ema_tracks_weights_and_round_trips():
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 
-@pytest.mark.parametrize("mode", ["log2", "linear"])
-def test_embedding_depends_on_d(mode):
-    emb = TimeStepEmbedding(32, d_embedding=mode)
+def test_embedding_depends_on_d():
+    emb = TimeStepEmbedding(32, d_embedding="log2")
     t = torch.full((3,), 0.25)
     a = emb(t, torch.full((3,), 1 / 128))
     b = emb(t, torch.full((3,), 1 / 2))
@@ -45,6 +44,6 @@ def test_embedding_none_ignores_d_and_errors():
     t = torch.rand(4)
     torch.testing.assert_close(emb(t, torch.ones(4)), emb(t, torch.full((4,), 0.01)))
     with pytest.raises(ValueError, match="d_embedding"):
-        TimeStepEmbedding(16, d_embedding="sin")
+        TimeStepEmbedding(16, d_embedding="linear")  # removed: it lost at one call (docs/pusht.md)
     with pytest.raises(ValueError, match="shape"):
         TimeStepEmbedding(16)(torch.rand(4), torch.rand(3))

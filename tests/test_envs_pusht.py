@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs import make_runner, runner_names
-from envs.pusht import BLOCK_KEYPOINTS_LOCAL, keypoints_from_state, legacy_reset_state, lowdim_obs_from_state
+from shortcut_policy.envs import make_runner, runner_names
+from shortcut_policy.envs.pusht import BLOCK_KEYPOINTS_LOCAL, keypoints_from_state, legacy_reset_state, lowdim_obs_from_state
 
 GOAL = np.array([256.0, 256.0, np.pi / 4])  # gym-pusht's goal pose of the block
 
@@ -73,7 +73,7 @@ def test_keypoints_reproduce_dataset(shared_data):
 
 def test_obs_layout_and_reset_passthrough():
     _gym_pusht()
-    from envs.pusht import PushTKeypointsEnv
+    from shortcut_policy.envs.pusht import PushTKeypointsEnv
 
     env = PushTKeypointsEnv()
     obs, _ = env.reset(seed=3)
@@ -95,7 +95,7 @@ def test_obs_layout_and_reset_passthrough():
 
 def test_dataset_starts_reproduced(shared_data):
     _gym_pusht()
-    from envs.pusht import PushTKeypointsEnv
+    from shortcut_policy.envs.pusht import PushTKeypointsEnv
 
     state, ends = _load(shared_data, "data/state", "meta/episode_ends")
     env = PushTKeypointsEnv()
@@ -107,7 +107,7 @@ def test_dataset_starts_reproduced(shared_data):
 
 def test_reward_and_success_definitions():
     _gym_pusht()
-    from envs.pusht import PushTKeypointsEnv
+    from shortcut_policy.envs.pusht import PushTKeypointsEnv
 
     env = PushTKeypointsEnv()
     # block exactly on the goal, agent parked in a corner: full coverage, success, episode over
@@ -136,7 +136,7 @@ def test_reward_and_success_definitions():
 
 def test_runner_deterministic_and_result_dict():
     _gym_pusht()
-    runner = make_runner("pusht_keypoints", max_steps=24, seeds=[100000, 100001, 100002])
+    runner = make_runner("pusht_keypoints", max_episode_steps=24, seeds=[100000, 100001, 100002])
     a = runner.run(toward_block, progress=False)
     b = runner.run(toward_block, progress=False)
     np.testing.assert_array_equal(a.scores, b.scores)
@@ -154,10 +154,10 @@ def test_runner_deterministic_and_result_dict():
 
 def test_finished_episodes_leave_the_batch():
     _gym_pusht()
-    from envs.pusht import PushTRunner
+    from shortcut_policy.envs.pusht import PushTRunner
 
     starts = [[60.0, 60.0, *GOAL], [60.0, 450.0, 150.0, 350.0, 0.5], [450.0, 60.0, 350.0, 150.0, 2.0]]
-    runner = PushTRunner(max_steps=20, seeds=[1, 2, 3], reset_states=starts)
+    runner = PushTRunner(max_episode_steps=20, seeds=[1, 2, 3], reset_states=starts)
     batch_sizes = []
 
     def act_fn(obs):
@@ -174,7 +174,7 @@ def test_finished_episodes_leave_the_batch():
 
 def test_runner_rejects_bad_actions_and_names():
     _gym_pusht()
-    runner = make_runner("pusht_keypoints", max_steps=8, seeds=[0])
+    runner = make_runner("pusht_keypoints", max_episode_steps=8, seeds=[0])
     with pytest.raises(ValueError, match=r"expected \(B, n_action_steps, action_dim\) = \(1, 8, 2\)"):
         runner.run(lambda obs: np.zeros((1, 16, 2)), progress=False)
     with pytest.raises(ValueError, match="NaN"):
@@ -188,7 +188,7 @@ def test_runner_rejects_bad_actions_and_names():
 def test_video_written(tmp_path):
     _gym_pusht()
     pytest.importorskip("cv2")
-    runner = make_runner("pusht_keypoints", max_steps=8, seeds=[0, 1], render_size=96)
+    runner = make_runner("pusht_keypoints", max_episode_steps=8, seeds=[0, 1], render_size=96)
     runner.run(toward_block, progress=False, video_dir=tmp_path, n_videos=1)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["pusht_keypoints_ep000_seed0.mp4"]
@@ -206,7 +206,7 @@ def test_video_written(tmp_path):
 
 
 def test_missing_gym_pusht_error(monkeypatch):
-    from envs import pusht
+    from shortcut_policy.envs import pusht
 
     monkeypatch.setitem(sys.modules, "gym_pusht", None)  # makes `import gym_pusht` fail
     with pytest.raises(ImportError, match=r"pip install 'shortcut-policy\[pusht\]'"):

@@ -39,7 +39,7 @@ def test_default_pusht_run_reproduces_frozen_losses_and_actions(tmp_path):
         obs = {"keypoint": torch.tensor(FROZEN["obs_keypoint"]), "agent_pos": torch.tensor(FROZEN["obs_agent_pos"])}
         for steps, want in FROZEN["actions"].items():
             g = torch.Generator().manual_seed(FROZEN["generator_seed"])
-            got = policy.predict_action_chunk(obs, steps=int(steps), generator=g).numpy()
+            got = policy.predict_action_chunk(obs, int(steps), generator=g).numpy()
             np.testing.assert_allclose(got, np.array(want), atol=2e-3, rtol=1e-5, err_msg=f"{steps} calls")
     finally:
         torch.set_num_threads(threads)

@@ -72,9 +72,8 @@ def test_guidance_baked_into_teacher_target_only_at_smallest_level():
     assert torch.equal(tgt, vc)
 
 
-def _tiny_model(kind="shortcut", level_weights=None, **kw) -> ShortcutImageModel:
-    obj = {"kind": kind, "max_steps": M, "consistency_fraction": 0.5 if kind == "shortcut" else 0.0,
-           "level_weights": level_weights}
+def _tiny_model(kind="shortcut", **kw) -> ShortcutImageModel:
+    obj = {"kind": kind, "max_inference_steps": M, **({"consistency_fraction": 0.5} if kind == "shortcut" else {})}
     cfg = ImageModelConfig(channels=1, height=8, width=8, num_classes=kw.pop("num_classes", K), net="dit",
                            net_kwargs={"patch_size": 4, "hidden_size": 16, "depth": 1, "num_heads": 2},
                            objective=obj, **kw)
@@ -91,8 +90,9 @@ def _spy(model: ShortcutImageModel) -> list:
 @pytest.mark.parametrize("smallest", [True, False])
 def test_compute_loss_guides_teacher_only_at_flow_level(smallest):
     # all consistency targets at 2d = 2/M (teacher half jumps at the flow level) or all at 2d = 1
-    weights = [0.0, 0.0, 1.0] if smallest else [1.0, 0.0, 0.0]
-    model = _tiny_model(level_weights=weights, class_dropout=0.0, cfg_scale=2.0)
+    model = _tiny_model(class_dropout=0.0, cfg_scale=2.0)
+    level = model.objective.n_levels - 1 if smallest else 0
+    model.objective.sample_levels = lambda n, generator=None: torch.full((n,), level, dtype=torch.long)
     calls = _spy(model)
     batch = {"image": torch.rand(16, 1, 8, 8) * 2 - 1, "label": torch.arange(16) % K}
     loss, info = model.compute_loss(batch)
@@ -118,15 +118,15 @@ def test_label_dropout_reaches_the_net():
 def test_sampler_guides_only_at_flow_level():
     model = _tiny_model(cfg_scale=2.0).eval()
     calls = _spy(model)
-    model.sample(2, steps=4, labels=torch.tensor([0, 1]))
+    model.sample(2, num_inference_steps=4, labels=torch.tensor([0, 1]))
     assert len(calls) == 4 and all((lab != K).all() for _, _, lab in calls)  # larger jumps: guidance baked in
     calls.clear()
-    model.sample(2, steps=M, labels=torch.tensor([0, 1]))
+    model.sample(2, num_inference_steps=M, labels=torch.tensor([0, 1]))
     assert len(calls) == M and all((lab == K).sum() == 2 for _, _, lab in calls)  # flow level: guided
     # a flow-matching model is always at the flow level (d fixed to 1/M): guided at every step
     flow = _tiny_model("flow", cfg_scale=2.0).eval()
     calls = _spy(flow)
-    flow.sample(2, steps=2, labels=torch.tensor([0, 1]))
+    flow.sample(2, num_inference_steps=2, labels=torch.tensor([0, 1]))
     assert len(calls) == 2 and all((lab == K).sum() == 2 for _, _, lab in calls)
 
 
@@ -136,14 +136,14 @@ def test_sample_same_noise_deterministic_and_unconditional():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     noise = torch.randn(3, 1, 8, 8)
-    a = model.sample(steps=2, labels=torch.tensor([0, 1, 2]), noise=noise)
-    assert torch.equal(a, model.sample(steps=2, labels=torch.tensor([0, 1, 2]), noise=noise))
-    assert model.sample(steps=2, noise=noise).shape == (3, 1, 8, 8)  # labels None: unconditional
+    a = model.sample(num_inference_steps=2, labels=torch.tensor([0, 1, 2]), noise=noise)
+    assert torch.equal(a, model.sample(num_inference_steps=2, labels=torch.tensor([0, 1, 2]), noise=noise))
+    assert model.sample(num_inference_steps=2, noise=noise).shape == (3, 1, 8, 8)  # labels None: unconditional
     uncond = _tiny_model(num_classes=0)
     loss, _ = uncond.compute_loss({"image": torch.zeros(4, 1, 8, 8)})
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="unconditional"):
-        uncond.sample(steps=1, labels=torch.tensor([1]), noise=noise[:1])
+        uncond.sample(num_inference_steps=1, labels=torch.tensor([1]), noise=noise[:1])
 
 
 def test_config_errors():
@@ -267,7 +267,8 @@ def _run(tmp_path, data, steps, kind="shortcut"):
                            "test_image_key": "x_test", "test_label_key": "y_test"},
             "image_model": {"net": "dit", "net_kwargs": {"patch_size": 4, "hidden_size": 16, "depth": 1,
                                                          "num_heads": 2}, "class_dropout": 0.1, "cfg_scale": 1.5},
-            "objective": {"kind": kind, "max_steps": M, "consistency_fraction": 0.25 if kind == "shortcut" else 0.0},
+            "objective": {"kind": kind, "max_inference_steps": M,
+                          **({"consistency_fraction": 0.25} if kind == "shortcut" else {})},
             "train": {"steps": steps, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1, "log_every": 2,
                       "ckpt_every": 2, "num_threads": 1, "progress": False, "device": "cpu"},
             "out_dir": str(tmp_path / f"run-{kind}"), "resume": True}
@@ -285,7 +286,7 @@ def test_train_resume_sample_evaluate(tmp_path):
     assert [s["step"] for s in lines if "train/loss" in s] == [2, 4, 6]
     noise = torch.randn(4, 1, 8, 8)
     for steps in (1, 2, M):
-        x = model.sample(steps=steps, labels=torch.tensor([0, 1, 0, 1]), noise=noise)
+        x = model.sample(num_inference_steps=steps, labels=torch.tensor([0, 1, 0, 1]), noise=noise)
         assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
 
     train = make_image_dataset(_run(tmp_path, data, 1)["image_data"], "train")

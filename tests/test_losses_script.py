@@ -19,7 +19,9 @@ def test_final_losses_average_the_last_entries_and_name_missing_runs(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "scripts/losses.py"), "--runs", str(run), "--last", "2",
                         "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
-    r = json.loads(out.read_text())["runs"]["r"]
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "losses"
+    r = doc["runs"]["r"]
     assert r["steps"] == [20, 30]
     assert r["loss"] == pytest.approx(25.0) and r["loss_flow"] == pytest.approx(50.0)
     bad = subprocess.run([sys.executable, str(ROOT / "scripts/losses.py"), "--runs", str(tmp_path / "none")],

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from envs.multistep import MultiStepWrapper
+from shortcut_policy.envs.multistep import MultiStepWrapper
 
 
 class RecordingEnv(gym.Env):

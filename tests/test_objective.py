@@ -91,29 +91,6 @@ def test_endpoint_parameterization_point_mass_and_one_call():
     torch.testing.assert_close(ShortcutObjective(M, 0.5).sample(endpoint, x0, 1), x0 + xstar)
 
 
-def test_landing_parameterization_reads_only_jumps_that_end_at_one_as_points():
-    """landing: a jump with t + d = 1 returns the network output; every other jump is a velocity."""
-    c = torch.tensor([0.5, -1.0], dtype=torch.float64)
-    net = Recorder(lambda x, t, d, cond: c.expand_as(x))
-    obj = ShortcutObjective(16, 0.5, parameterization="landing")
-    x0 = torch.randn(3, 2, dtype=torch.float64)
-    torch.testing.assert_close(obj.sample(net, x0, 1), c.expand(3, 2))  # one call lands on the output
-    # two calls: a velocity jump of 1/2 (x0 + c/2), then a landing jump onto c
-    torch.testing.assert_close(obj.sample(net, x0, 2), c.expand(3, 2))
-    v = obj.velocity_fn(net)
-    t = torch.tensor([0.0, 0.5, 15 / 16, 0.75], dtype=torch.float64)
-    d = torch.tensor([0.5, 0.5, 1 / 16, 1 / 16], dtype=torch.float64)
-    x = torch.randn(4, 2, dtype=torch.float64)
-    out = v(x, t, d, None)
-    torch.testing.assert_close(out[[0, 3]], c.expand(2, 2))  # jumps ending at 1/2 and 13/16: velocities
-    torch.testing.assert_close(out[[1, 2]], (c - x[[1, 2]]) / d[[1, 2], None])  # landing on 1
-    # the loss is in velocity units: the exact landing model of a point mass has zero loss
-    xstar = torch.tensor([0.8, -0.4], dtype=torch.float64)
-    exact = lambda x, t, d, cond: torch.where(((t + d) > 1 - 1e-9).view(-1, 1), xstar.expand_as(x), (xstar - x) / (1 - t).view(-1, 1))  # noqa: E731,E501
-    loss, info = obj.loss(exact, xstar.expand(64, 2).clone(), generator=torch.Generator().manual_seed(0))
-    assert loss.item() < 1e-20 and info["consistency_share"] > 0
-
-
 def test_endpoint_loss_is_the_error_of_the_data_estimate():
     """Flow part, endpoint network returning 0: x^ = 0, so the loss is mean |x1|^2 (the target x^ of the
     straight path is x1), whatever t was drawn; the velocity error would weight it by 1 / (1 - t)^2."""
@@ -123,17 +100,8 @@ def test_endpoint_loss_is_the_error_of_the_data_estimate():
     torch.testing.assert_close(loss, x1.pow(2).mean(), rtol=1e-12, atol=1e-12)
     (_, t, _), = rec.calls
     assert t.max() > 0.5  # late t drawn, so an unweighted velocity loss would differ
-    # the same network and draws with the loss in velocity units: mean |(0 - x_t) / (1 - t) - (x1 - x0)|^2
-    rec.calls.clear()
-    loss_v, _ = ShortcutObjective(M, 0.0, parameterization="endpoint", loss_space="velocity").loss(
-        rec, x1, generator=torch.Generator().manual_seed(3))
-    (x_t, t, _), = rec.calls
-    x0 = (x_t - t[:, None] * x1) / (1 - t[:, None])
-    torch.testing.assert_close(loss_v, ((-x_t) / (1 - t[:, None]) - (x1 - x0)).pow(2).mean(), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="parameterization"):
-        ShortcutObjective(M, 0.25, parameterization="x0")
-    with pytest.raises(ValueError, match="loss_space"):
-        ShortcutObjective(M, 0.25, loss_space="x")
+        ShortcutObjective(M, 0.25, parameterization="landing")  # removed: it lost (docs/pusht.md)
 
 
 def test_flow_part_target_is_x1_minus_x0_on_aligned_grid():
@@ -186,12 +154,12 @@ def test_small_batches_keep_the_consistency_share_on_average():
     assert abs(sum(counts) / (2 * len(counts)) - 0.25) < 0.02
 
 
-def test_level_weights_bias_sampling():
-    w = [4.0, 4.0] + [1.0] * (LEVELS - 2)
-    obj = ShortcutObjective(M, 0.25, level_weights=w)
+def test_levels_are_drawn_uniformly():
+    obj = ShortcutObjective(M, 0.25)
     j = obj.sample_levels(20000, torch.Generator().manual_seed(0))
-    share_large = (j <= 1).float().mean().item()
-    assert abs(share_large - 8 / (8 + LEVELS - 2)) < 0.02
+    assert j.min() == 0 and j.max() == LEVELS - 1
+    shares = torch.bincount(j, minlength=LEVELS).float() / len(j)
+    assert (shares - 1 / LEVELS).abs().max() < 0.02
 
 
 def test_targets_carry_no_gradient_and_online_teacher_default():
@@ -208,13 +176,6 @@ def test_targets_carry_no_gradient_and_online_teacher_default():
     # two teacher calls (online weights under no-grad) then the student call with grad
     assert calls == [False, False, True]
     assert net.weight.grad is not None
-
-
-def test_clipping_bounds_targets():
-    obj = ShortcutObjective(8, 0.5, clip=4.0)
-    huge = lambda x, t, d, cond: torch.full_like(x, 100.0)  # noqa: E731
-    tgt = obj.consistency_target(huge, torch.zeros(2, 2), torch.zeros(2), torch.full((2,), 0.5), None)
-    assert torch.all(tgt == 4.0)
 
 
 def test_condition_is_indexed_for_the_teacher():
@@ -258,8 +219,7 @@ def test_consistency_weight_scales_only_the_consistency_examples():
 
 @pytest.mark.parametrize("kw, msg", [({"consistency_fraction": 1.0}, "consistency_fraction"),
                                      ({"consistency_weight": 0.0}, "consistency_weight"),
-                                     ({"level_weights": [1.0]}, "level_weights"),
-                                     ({"clip": 0.0}, "clip"), ({"max_steps": 100}, "power of two")])
+                                     ({"max_steps": 100}, "power of two")])
 def test_bad_settings_are_named(kw, msg):
     with pytest.raises(ValueError, match=msg):
         ShortcutObjective(**kw)

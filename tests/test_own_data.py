@@ -36,7 +36,7 @@ def train_with_task_yaml(cfg_dir: Path, task: str, out_dir: Path) -> Path:
 
 def offline_eval(ckpt: Path, out: Path) -> dict:
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "eval.py"), "--checkpoint", str(ckpt),
-                           "--steps", "1", "2", "--episodes", "4", "--out", str(out), "--no-progress"],
+                           "--num-inference-steps", "1", "2", "--episodes", "4", "--out", str(out), "--no-progress"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(out.read_text())
@@ -57,7 +57,7 @@ def test_robomimic_file_to_trained_policy(tmp_path):
     policy, run = ShortcutPolicy.from_checkpoint(ckpt)
     assert policy.shape_meta.describe() == "robot0_eef_pos (3,) low_dim, object (10,) low_dim -> action (7,)"
     res = offline_eval(ckpt, tmp_path / "eval.json")
-    assert res["evaluation"] == "offline" and res["task"] == "lift" and set(res["steps"]) == {"1", "2"}
+    assert res["kind"] == "offline" and res["task"] == "lift" and set(res["steps"]) == {"1", "2"}
     for r in res["steps"].values():
         assert r["action_mse"] > 0 and len(r["action_rmse"]) == 7
     assert res["windows"] > 0 and res["val_loss"] > 0
@@ -76,4 +76,4 @@ def test_lerobot_folder_to_trained_policy(tmp_path):
     policy, _ = ShortcutPolicy.from_checkpoint(ckpt)
     assert policy.shape_meta.keys == ["observation.state"]  # LeRobot's dotted key, kept as it is
     res = offline_eval(ckpt, tmp_path / "eval.json")
-    assert res["evaluation"] == "offline" and res["steps"]["1"]["action_mse"] > 0
+    assert res["kind"] == "offline" and res["steps"]["1"]["action_mse"] > 0

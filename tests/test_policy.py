@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shortcut_policy.policy import ObjectiveConfig, PolicyConfig, ShortcutPolicy
+from shortcut_policy.core.config import objective_config
+from shortcut_policy.policy import PolicyConfig, ShortcutPolicy
 from shortcut_policy.shape_meta import ShapeMetaError
 
 TINY = {"net": "unet1d", "net_kwargs": {"down_dims": [16, 32], "emb_dim": 32}}
@@ -14,7 +15,7 @@ SHAPE_META = {"obs": {"state": {"shape": [5]}}, "action": {"shape": [2]}}
 
 def make_policy(kind="shortcut", shape_meta=SHAPE_META, **kw) -> ShortcutPolicy:
     cfg = PolicyConfig(shape_meta=shape_meta, horizon=8, n_obs_steps=2, n_action_steps=4,
-                       objective=ObjectiveConfig(kind=kind, **kw), **TINY)
+                       objective=objective_config({"kind": kind, **kw}), **TINY)
     p = ShortcutPolicy(cfg)
     g = torch.Generator().manual_seed(0)
     data = {k: torch.randn(100, *v["shape"], generator=g) * 10 + 3 for k, v in shape_meta["obs"].items()}
@@ -47,9 +48,9 @@ def test_loss_and_chunk_shapes(kind):
     loss.backward()
     assert torch.isfinite(loss) and "loss" in info
     obs = O(torch.randn(3, 2, 5))
-    chunk = p.predict_action_chunk(obs, steps=2 if kind != "ddpm" else 4)
+    chunk = p.predict_action_chunk(obs, 2 if kind != "ddpm" else 4)
     assert chunk.shape == (3, 4, 2)
-    seq = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(0))
+    seq = p.predict_action_sequence(obs, 1, generator=torch.Generator().manual_seed(0))
     assert seq.shape == (3, 8, 2)
 
 
@@ -59,8 +60,8 @@ def test_predict_calls_the_network_once_per_step_and_flow_uses_fixed_d(steps):
         p = make_policy(kind)
         counter = CallCounter(p.net)
         orig = p.objective.sample
-        p.objective.sample = lambda model, x0, n, cond, generator=None: orig(counter, x0, n, cond)
-        p.predict_action_chunk(O(torch.randn(1, 2, 5)), steps=steps)
+        p.objective.sample = lambda model, x0, n, cond, **kw: orig(counter, x0, n, cond)
+        p.predict_action_chunk(O(torch.randn(1, 2, 5)), steps)
         assert counter.n == steps
         if kind == "flow":
             assert all(torch.all(d == 1 / 128) for d in counter.ds)
@@ -72,8 +73,8 @@ def test_chunk_starts_at_the_last_observed_step():
     p = make_policy()
     obs = O(torch.randn(2, 2, 5))
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    seq = p.predict_action_sequence(obs, steps=1, generator=g1)
-    chunk = p.predict_action_chunk(obs, steps=1, generator=g2)
+    seq = p.predict_action_sequence(obs, 1, generator=g1)
+    chunk = p.predict_action_chunk(obs, 1, generator=g2)
     torch.testing.assert_close(chunk, seq[:, 1:5])
 
 
@@ -81,7 +82,7 @@ def test_select_action_replans_every_n_action_steps_and_reset():
     p = make_policy()
     calls = []
     orig = p.predict_action_chunk
-    p.predict_action_chunk = lambda obs, steps=None: (calls.append(obs["state"].clone()), orig(obs, steps))[1]
+    p.predict_action_chunk = lambda obs, n=None: (calls.append(obs["state"].clone()), orig(obs, n))[1]
     first = torch.randn(2, 5)
     for i in range(9):
         a = p.select_action(O(first if i == 0 else torch.randn(2, 5)))
@@ -97,7 +98,7 @@ def test_select_action_replans_every_n_action_steps_and_reset():
 
 def test_actions_come_back_in_raw_units():
     p = make_policy()
-    act = p.predict_action_chunk(O(torch.randn(64, 2, 5)), steps=4)
+    act = p.predict_action_chunk(O(torch.randn(64, 2, 5)), 4)
     # normalized samples from an untrained network stay near [-1, 1] -> near the [0, 512] action range
     assert act.mean().item() > 50
 
@@ -127,24 +128,28 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="horizon"):
         PolicyConfig(shape_meta=SHAPE_META, horizon=8, n_obs_steps=2, n_action_steps=8)
     with pytest.raises(ValueError, match="objective.kind"):
-        ObjectiveConfig(kind="gan")
+        objective_config({"kind": "gan"})
     with pytest.raises(ValueError, match="objective.parameterization"):
-        ObjectiveConfig(parameterization="epsilon")
-    with pytest.raises(ValueError, match="applies to kind shortcut or flow"):
-        ObjectiveConfig(kind="ddpm", parameterization="endpoint")
+        objective_config({"kind": "shortcut", "parameterization": "epsilon"})
+    with pytest.raises(ValueError, match=r"\['parameterization'\] do not apply to kind 'ddpm' \(fields of kind flow, shortcut\)"):
+        objective_config({"kind": "ddpm", "parameterization": "endpoint"})  # would otherwise be ignored
     with pytest.raises(ValueError, match="consistency_weight"):
-        ObjectiveConfig(consistency_weight=-1.0)
-    with pytest.raises(ValueError, match="objective.loss_space"):
-        ObjectiveConfig(loss_space="x0")
-    with pytest.raises(ValueError, match="has its own loss"):
-        ObjectiveConfig(kind="ddim", loss_space="endpoint")  # would otherwise be ignored without a word
+        objective_config({"kind": "shortcut", "consistency_weight": -1.0})
+    with pytest.raises(ValueError, match=r"\['loss_space'\] do not apply to kind 'shortcut'"):
+        objective_config({"kind": "shortcut", "loss_space": "endpoint"})  # a removed option is named
+    with pytest.raises(ValueError, match=r"num_inference_steps must be in 1..16"):
+        p.predict_action_chunk(O(torch.randn(1, 2, 5)), 32)
+    with pytest.raises(TypeError, match=r"num_inference_steps must be an int, got 2.5"):
+        p.predict_action_chunk(O(torch.randn(1, 2, 5)), 2.5)
+    with pytest.raises(ValueError, match=r"samples with \('shortcut',\), got sampler='ddim'"):
+        p.predict_action_chunk(O(torch.randn(1, 2, 5)), 1, sampler="ddim")
 
 
 def test_observation_keys_shapes_and_dtypes_are_checked_against_shape_meta():
     sm = {"obs": {"observation.state": {"shape": [5]}, "points": {"shape": [3, 2]}}, "action": {"shape": [2]}}
     p = make_policy(shape_meta=sm)
     good = {"observation.state": torch.randn(2, 2, 5), "points": torch.randn(2, 2, 3, 2)}
-    assert p.predict_action_chunk(good, steps=1).shape == (2, 4, 2)
+    assert p.predict_action_chunk(good, 1).shape == (2, 4, 2)
     # a LeRobot-style key travels, dots included (the normalizer escapes it, the state dict keeps it)
     assert any("observation%2Estate" in k for k in p.state_dict())
     with pytest.raises(ShapeMetaError, match=r"missing 'points' \(B, To, 3, 2\)"):
@@ -185,7 +190,7 @@ def test_low_dim_encoder_concatenates_keys_per_step_in_shape_meta_order():
     assert cond.tolist() == [[0, 1, 2, 3, 4, 5, 0, 6, 7, 8, 9, 10, 11, 1]]  # step 0: b then a; step 1: b then a
 
 
-@pytest.mark.parametrize("kind, param", [("shortcut", "endpoint"), ("flow", "endpoint"), ("shortcut", "landing")])
+@pytest.mark.parametrize("kind, param", [("shortcut", "endpoint"), ("flow", "endpoint")])
 def test_endpoint_policy_one_call_returns_the_network_output(kind, param):
     """An endpoint-parameterized policy's one-call chunk is the network's data estimate, unnormalized:
     the initial noise does not pass through the sample."""
@@ -204,36 +209,7 @@ def test_endpoint_policy_one_call_returns_the_network_output(kind, param):
 
     p.net = Fixed()
     obs = batch(B=3)["obs"]
-    a = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(0))
-    b = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(1))
+    a = p.predict_action_sequence(obs, 1, generator=torch.Generator().manual_seed(0))
+    b = p.predict_action_sequence(obs, 1, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a, p.normalizer.unnormalize("action", torch.full((3, 8, 2), 0.25)))
-
-
-def test_noise_scale_scales_the_initial_noise_only():
-    p = make_policy("shortcut").eval()
-    seen = []
-
-    class Identity(torch.nn.Module):  # velocity 0: the chunk is the initial noise, unnormalized
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, x, t, d, cond):
-            seen.append(x.clone())
-            return torch.zeros_like(x)
-
-    p.net = Identity()
-    obs = batch(B=3)["obs"]
-    full = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(4))
-    p.set_noise_scale(0.5)
-    half = p.predict_action_sequence(obs, steps=1, generator=torch.Generator().manual_seed(4))
-    torch.testing.assert_close(seen[1], seen[0] * 0.5)
-    mid = p.normalizer.unnormalize("action", torch.zeros(1, 1, 2))
-    torch.testing.assert_close(half - mid, (full - mid) * 0.5, atol=1e-3, rtol=1e-4)  # raw units ~500
-    p.set_noise_scale(0)
-    zero = p.predict_action_sequence(obs, steps=1)
-    torch.testing.assert_close(zero, mid.expand_as(zero))
-    for bad in (-0.1, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="noise_scale"):
-            p.set_noise_scale(bad)

@@ -1,4 +1,5 @@
-"""scripts/report.py: tables from step-count results files; other layouts skipped, missing methods named."""
+"""scripts/report.py: the step-count table of a task's results folders (other kinds skipped, missing files
+named) and the manifest of every results file."""
 import json
 import subprocess
 import sys
@@ -7,39 +8,49 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _write(d: Path, stem: str, payload: dict) -> None:
-    (d / f"pusht_lowdim-{stem}.json").write_text(json.dumps(payload))
+def _write(root: Path, name: str, payload: dict) -> None:
+    path = root / "pusht_lowdim" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
 
 
-def _sweep(score: float) -> dict:
+def _sweep(score: float, **extra) -> dict:
     entry = {"score": score, "success": 0.1, "latency_ms_p50": 10.0, "latency_ms_p99": 12.0, "control_rate_hz": 800.0}
-    return {"task": "pusht_lowdim", "method": "m", "command": "c", "machine": "x", "date": "d", "steps": {"1": entry}}
+    return {"kind": "sweep", "task": "pusht_lowdim", "method": "m", "command": "c", "machine": "x", "date": "d",
+            "steps": {"1": entry}, **extra}
 
 
-def _report(tmp_path, *methods):
-    return subprocess.run([sys.executable, str(ROOT / "scripts/report.py"), "--results", str(tmp_path),
-                           "--out", str(tmp_path / "r.md"), "--methods", *methods],
+def _report(root, *args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts/report.py"), "--results", str(root), *args],
                           capture_output=True, text=True, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"})
 
 
-def test_report_tables_sweeps_and_names_missing_methods(tmp_path):
-    _write(tmp_path, "a", _sweep(0.75))
-    _write(tmp_path, "diagnostics", {"task": "pusht_lowdim", "method": "diagnostics", "steps": {"1": {"a": {"to_ref": 1.0}}}})
-    ok = _report(tmp_path, "a")
+def test_report_tables_sweeps_and_names_missing_files(tmp_path):
+    _write(tmp_path, "main/a", _sweep(0.75, about="today's defaults", budget="quick", train_seed=0))
+    _write(tmp_path, "diagnostics/d", {"kind": "diagnostics", "task": "pusht_lowdim", "method": "diagnostics",
+                                       "command": "c", "machine": "x", "date": "d", "steps": {"1": {"a": {"to_ref": 1.0}}}})
+    ok = _report(tmp_path, "--task", "pusht_lowdim")
     assert ok.returncode == 0, ok.stderr
-    assert "0.750 / 0.10" in (tmp_path / "r.md").read_text()
-    bad = _report(tmp_path, "a", "diagnostics", "nosuch")
-    assert bad.returncode != 0
-    assert "['diagnostics', 'nosuch']" in bad.stderr
+    table = (tmp_path / "pusht_lowdim" / "report.md").read_text()
+    assert "| main/a | 0.750 / 0.10 |" in table and "today's defaults" in table and "diagnostics/d" not in table
+    bad = _report(tmp_path, "--task", "pusht_lowdim", "--files", "main/a", "diagnostics/d", "main/nosuch")
+    assert bad.returncode != 0 and "['diagnostics/d', 'main/nosuch']" in bad.stderr
+    broken = tmp_path / "pusht_lowdim" / "main" / "broken.json"
+    broken.write_text(json.dumps({"task": "pusht_lowdim", "steps": {}}))
+    bad = _report(tmp_path, "--task", "pusht_lowdim")
+    assert bad.returncode != 0 and "broken.json: missing keys" in bad.stderr
 
 
-def test_plot_methods_choose_the_plotted_subset(tmp_path):
-    _write(tmp_path, "a", _sweep(0.75))
-    _write(tmp_path, "b", _sweep(0.5))
-    ok = _report(tmp_path, "a", "b", "--plot-methods", "b")
+def test_plot_files_and_manifest(tmp_path):
+    _write(tmp_path, "main/a", _sweep(0.75))
+    _write(tmp_path, "recipe/b", _sweep(0.5, overrides=["objective.max_steps=128"], superseded_by="main/a"))
+    ok = _report(tmp_path, "--task", "pusht_lowdim", "--plot-files", "recipe/b")
     assert ok.returncode == 0, ok.stderr
-    table = (tmp_path / "r.md").read_text()
-    assert "| a |" in table and "| b |" in table  # the table keeps every method
-    assert (tmp_path / "r.png").stat().st_size > 0
-    bad = _report(tmp_path, "a", "--plot-methods", "b")  # b is not in the table
-    assert bad.returncode != 0 and "--plot-methods ['b']" in bad.stderr
+    table = (tmp_path / "pusht_lowdim" / "report.md").read_text()
+    assert "| main/a |" in table and "| recipe/b |" in table  # the table keeps every file
+    assert (tmp_path / "pusht_lowdim" / "report.png").stat().st_size > 0
+    ok = _report(tmp_path, "--manifest")
+    assert ok.returncode == 0, ok.stderr
+    manifest = (tmp_path / "MANIFEST.md").read_text()
+    assert "| pusht_lowdim/recipe/b.json | sweep |" in manifest and "superseded by main/a" in manifest
+    assert "`objective.max_steps=128`" in manifest

@@ -82,7 +82,7 @@ def test_sampler_rejects_wrong_output_shape():
 
 def test_default_step_counts_stop_at_what_the_sampler_can_take():
     from shortcut_policy.core.schedule import DYADIC_COUNTS, dyadic_counts
-    from shortcut_policy.deploy.control import DYADIC_STEPS
+    from shortcut_policy.deploy.budget import DYADIC_STEPS
 
     assert dyadic_counts(16) == [1, 2, 4, 8, 16]
     assert dyadic_counts(100) == [1, 2, 4, 8, 16, 32, 64]  # DDIM over 100 training timesteps

@@ -6,8 +6,8 @@ training loop need not know which one they hold:
     loss(model, x1, cond=None, teacher=None, teacher_cond=None) -> (loss, info)
     sample(model, x0, steps, cond=None, generator=None) -> x
 
-``model(x, t, d, cond)`` returns a tensor of x's shape (the predicted noise, or the
-predicted clean sample with ``prediction_type="sample"``). x may have any shape (B, ...).
+``model(x, t, d, cond)`` returns a tensor of x's shape (the predicted noise, as Diffusion Policy's
+``prediction_type="epsilon"``). x may have any shape (B, ...).
 
 Time convention. The project uses t in [0, 1] with 0 = pure noise and 1 = data. The
 discrete DDPM timestep k in {0, ..., K-1} (K = ``num_train_timesteps``; k = K-1 is the
@@ -19,24 +19,19 @@ so k = K-1 -> t = 0 (pure noise) and k = 0 -> t = 1 - 1/K (one noising step away
 data). x_k has had k + 1 noising steps applied (abar_k = prod_{i<=k} (1 - beta_i)), so t
 is the share of the K steps still to be undone. Loss and sampler both go through
 ``timestep_to_t``, so a network sees the same t for the same k in training and sampling.
-d is filled with 1 / ``max_steps``; baseline networks ignore it (d_embedding "none").
+d is filled with 1; baseline networks ignore it (d_embedding "none").
 
-Inference timesteps (``inference_timesteps``), for N = ``steps`` network calls:
-- "leading" (diffusers' default, Diffusion Policy's setting): k_i = i * (K // N),
-  visited from the largest down. With N = K this is K-1, ..., 0. With N < K the first
-  step is K - K//N, not K-1, so few-step sampling starts from a timestep that is not the
-  noisiest (DDIM with N = 1 evaluates the network at k = 0 only).
-- "trailing": k_i = round(K - i * K / N) - 1 for i = 0..N-1, which always starts at
-  k = K-1; better for few steps (Lin et al. 2024, "Common diffusion noise schedules and
-  sample steps are flawed").
-Each step jumps to the next timestep of the list and the last one to "clean"
-(abar = 1), where both samplers return the (clipped) predicted x0.
+Inference timesteps (``inference_timesteps``), for N = ``steps`` network calls, "trailing"
+spacing: k_i = round(K - i * K / N) - 1 for i = 0..N-1, which always starts at k = K-1 (Lin et al.
+2024, "Common diffusion noise schedules and sample steps are flawed"; diffusers' default
+"leading" spacing, Diffusion Policy's, starts few-step sampling below the noisiest timestep: DDIM
+with N = 1 would evaluate the network at k = 0 only). Each step jumps to the next timestep of the
+list and the last one to "clean" (abar = 1), where both samplers return the clipped predicted x0.
 
 DDPM must use N = K or a divisor of K (strided ancestral sampling as diffusers'
 ``set_timesteps``: the per-step beta is 1 - abar_k / abar_prev, variance "fixed_small").
-DDIM accepts any N in 1..K; ``ddim_eta = 0`` is deterministic. Random noise (the DDPM
-variance, DDIM with eta > 0) comes from ``generator`` (a torch.Generator on any device;
-the noise is drawn there and moved to x0's device).
+DDIM (eta 0, deterministic) accepts any N in 1..K. DDPM's noise comes from ``generator`` (a
+torch.Generator on any device; the noise is drawn there and moved to x0's device).
 """
 from __future__ import annotations
 
@@ -46,12 +41,11 @@ from typing import Any, Callable
 
 import torch
 
-BETA_SCHEDULES = ("squaredcos_cap_v2", "linear")
-PREDICTION_TYPES = ("epsilon", "sample")
-SAMPLERS = ("ddpm", "ddim")
-TIMESTEP_SPACINGS = ("leading", "trailing")
+from .schedule import DYADIC_COUNTS
 
-Denoiser = Callable[..., torch.Tensor]  # (x (B, ...), t (B,), d (B,), cond) -> eps or x0 (B, ...)
+SAMPLERS = ("ddpm", "ddim")
+
+Denoiser = Callable[..., torch.Tensor]  # (x (B, ...), t (B,), d (B,), cond) -> eps (B, ...)
 
 
 def cosine_alpha_bar(s: torch.Tensor | float) -> torch.Tensor:
@@ -64,22 +58,13 @@ def cosine_alpha_bar(s: torch.Tensor | float) -> torch.Tensor:
     return f(s) / f(torch.zeros((), dtype=torch.float64))
 
 
-def make_betas(schedule: str, num_train_timesteps: int, beta_start: float = 1e-4,
-               beta_end: float = 0.02) -> torch.Tensor:
-    """Noise schedule betas, float64 (K,).
-
-    - "squaredcos_cap_v2": beta_k = min(1 - abar((k+1)/K) / abar(k/K), 0.999), so that
-      the cumulative product follows the cosine abar (capped where it reaches 0).
-    - "linear": betas evenly spaced from beta_start to beta_end.
-    """
+def make_betas(num_train_timesteps: int) -> torch.Tensor:
+    """Diffusion Policy's "squaredcos_cap_v2" betas, float64 (K,): beta_k = min(1 - abar((k+1)/K) /
+    abar(k/K), 0.999), so that the cumulative product follows the cosine abar (capped where it reaches 0)."""
     K = num_train_timesteps
-    if schedule == "squaredcos_cap_v2":
-        grid = torch.arange(K + 1, dtype=torch.float64) / K  # (K+1,)
-        abar = cosine_alpha_bar(grid)  # (K+1,)
-        return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)  # (K,)
-    if schedule == "linear":
-        return torch.linspace(beta_start, beta_end, K, dtype=torch.float64)  # (K,)
-    raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {schedule!r}")
+    grid = torch.arange(K + 1, dtype=torch.float64) / K  # (K+1,)
+    abar = cosine_alpha_bar(grid)  # (K+1,)
+    return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)  # (K,)
 
 
 def timestep_to_t(k: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
@@ -104,40 +89,28 @@ def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=dev).to(like.device)
 
 
-def inference_timesteps(num_train_timesteps: int, steps: int, spacing: str = "leading") -> list[int]:
-    """The N = ``steps`` timesteps visited by a sampler, noisiest first (see module doc)."""
+def inference_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """The N = ``steps`` timesteps visited by a sampler, noisiest first ("trailing"; module doc)."""
     K = num_train_timesteps
     if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+        raise TypeError(f"num_inference_steps must be an int, got {steps!r} ({type(steps).__name__})")
     if not 1 <= steps <= K:
-        raise ValueError(f"steps must be in 1..num_train_timesteps={K}, got {steps}")
-    if spacing == "leading":
-        ratio = K // steps
-        return [i * ratio for i in reversed(range(steps))]
-    if spacing == "trailing":
-        return [round(K - i * K / steps) - 1 for i in range(steps)]
-    raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {spacing!r}")
+        raise ValueError(f"num_inference_steps must be in 1..num_train_timesteps={K}, got {steps}")
+    return [round(K - i * K / steps) - 1 for i in range(steps)]
 
 
 @dataclass(eq=False)
 class DiffusionObjective:
-    """DDPM training loss and DDPM/DDIM sampling (defaults: Diffusion Policy's DDPMScheduler).
+    """DDPM training loss and DDPM/DDIM sampling (Diffusion Policy's DDPMScheduler: epsilon prediction,
+    squared-cosine betas, x0 clipped to [-1, 1]).
 
-    Holds no learnable state: the schedule is rebuilt from these fields, so storing the
-    fields (``dataclasses.asdict``) is enough to rebuild the objective.
+    Holds no learnable state: the schedule is rebuilt from these fields. ``sampler`` is the default
+    one ("ddpm" or "ddim"); ``sample(..., sampler=...)`` takes either with the same network.
     """
 
     num_train_timesteps: int = 100
-    beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"
-    clip_sample: bool = True
-    clip_range: float = 1.0
     sampler: str = "ddpm"
-    ddim_eta: float = 0.0
-    max_steps: int = 128
-    timestep_spacing: str = "leading"
-    beta_start: float = 1e-4  # "linear" only
-    beta_end: float = 0.02  # "linear" only
+    clip_range: float = 1.0
     betas: torch.Tensor = field(init=False, repr=False)  # float64 (K,)
     alphas_cumprod: torch.Tensor = field(init=False, repr=False)  # float64 (K,), abar_k
 
@@ -145,36 +118,65 @@ class DiffusionObjective:
         K = self.num_train_timesteps
         if isinstance(K, bool) or not isinstance(K, int) or K < 1:
             raise ValueError(f"num_train_timesteps must be a positive int, got {K!r}")
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        if self.timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
         if not self.clip_range > 0:
             raise ValueError(f"clip_range must be > 0, got {self.clip_range}")
-        if not 0.0 <= self.ddim_eta <= 1.0:
-            raise ValueError(f"ddim_eta must be in [0, 1], got {self.ddim_eta}")
-        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ValueError(f"max_steps must be a positive int, got {self.max_steps!r}")
-        if self.beta_schedule == "linear" and not 0 < self.beta_start <= self.beta_end < 1:
-            raise ValueError(f"linear schedule needs 0 < beta_start <= beta_end < 1, "
-                             f"got beta_start={self.beta_start}, beta_end={self.beta_end}")
-        self.betas = make_betas(self.beta_schedule, K, self.beta_start, self.beta_end)
+        self.betas = make_betas(K)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
 
     def describe(self) -> dict[str, Any]:
         """The settings that rebuild this objective, plus its kind (for logs and checkpoints)."""
         return {"kind": "diffusion", **{f.name: getattr(self, f.name) for f in fields(self) if f.init}}
 
+    # ------------------------------------------------------------------ what callers ask of an objective
+    @property
+    def kind(self) -> str:
+        return self.sampler
+
+    net_d_embedding = "none"
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        """The samplers this objective offers, the default first."""
+        return (self.sampler, *[s for s in SAMPLERS if s != self.sampler])
+
+    @property
+    def default_inference_steps(self) -> int:
+        """DDPM: every training timestep (Diffusion Policy's 100); DDIM: 10."""
+        return self.num_train_timesteps if self.sampler == "ddpm" else min(10, self.num_train_timesteps)
+
+    def check_sampler(self, sampler: str | None) -> str:
+        if sampler not in (None, *SAMPLERS):
+            raise ValueError(f"a diffusion model samples with {SAMPLERS}, got sampler={sampler!r}")
+        return sampler or self.sampler
+
+    def sweep_inference_steps(self, sampler: str | None = None) -> list[int]:
+        """DDPM: the divisors of num_train_timesteps (1, 2, 4, 5, 10, 20, 25, 50, 100); DDIM: 1, 2, 4, ...
+        up to num_train_timesteps, and 10."""
+        K = self.num_train_timesteps
+        if self.check_sampler(sampler) == "ddpm":
+            return [n for n in range(1, K + 1) if K % n == 0]
+        return sorted({n for n in DYADIC_COUNTS if n <= K} | {min(10, K)})
+
+    def check_inference_steps(self, n: int, sampler: str | None = None) -> None:
+        """Raise (naming the valid counts) unless ``n`` network calls are possible with ``sampler``."""
+        method = self.check_sampler(sampler)
+        K = self.num_train_timesteps
+        inference_timesteps(K, n)
+        if method == "ddpm" and K % n:
+            raise ValueError(f"DDPM sampling needs num_inference_steps to divide num_train_timesteps={K} "
+                             f"(strided ancestral sampling), got {n}; use DDIM for other counts")
+
+    def deterministic(self, sampler: str | None = None) -> bool:
+        """DDIM (eta 0) is a function of the initial noise; DDPM draws fresh noise at every step."""
+        return self.check_sampler(sampler) == "ddim"
+
     # ----------------------------------------------------------------- helpers
     def _t_d(self, k: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """k (B,) long -> the network's t (B,) and d (B,) in x's dtype and device."""
+        """k (B,) long -> the network's t (B,) and d (B,) (ignored by baseline networks) in x's dtype."""
         t = timestep_to_t(k, self.num_train_timesteps).to(x.dtype)  # (B,)
-        d = torch.full_like(t, 1.0 / self.max_steps)  # (B,)
-        return t, d
+        return t, torch.ones_like(t)
 
     def _call(self, model: Denoiser, x: torch.Tensor, k: torch.Tensor, cond) -> torch.Tensor:
         t, d = self._t_d(k, x)
@@ -196,7 +198,7 @@ class DiffusionObjective:
         """Denoising loss on clean data x1 (B, ...): one network call on the batch.
 
         k ~ U{0..K-1} per example, x_k = sqrt(abar_k) x1 + sqrt(1 - abar_k) eps, MSE between the
-        network output and eps (or x1 for ``prediction_type="sample"``). ``teacher`` and
+        network output and eps. ``teacher`` and
         ``teacher_cond`` exist for interface compatibility with the shortcut objective and are
         ignored. Returns (scalar loss, {"loss": float}).
         """
@@ -211,44 +213,31 @@ class DiffusionObjective:
         abar = abar.view(B, *([1] * (x1.ndim - 1)))  # (B, 1, ...)
         x_k = abar.sqrt() * x1 + (1 - abar).sqrt() * eps  # (B, ...)
         pred = self._call(model, x_k, k, cond)  # (B, ...)
-        target = eps if self.prediction_type == "epsilon" else x1
-        err = pred - target  # (B, ...)
+        err = pred - eps  # (B, ...)
         if err.dtype in (torch.float16, torch.bfloat16):
             err = err.float()  # reduce in float32: half sums of many squares lose precision
         loss = err.pow(2).mean()
         return loss, {"loss": float(loss.detach())}
 
     # ------------------------------------------------------------------ sample
-    def _predict_x0_eps(self, out: torch.Tensor, x: torch.Tensor, abar: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Network output at noise level abar -> (clipped x0, eps), both (B, ...)."""
-        if self.prediction_type == "epsilon":
-            eps = out
-            x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
-        else:
-            x0 = out
-            eps = (x - math.sqrt(abar) * x0) / math.sqrt(1 - abar)
-        if self.clip_sample:
-            # eps is kept unclipped, as diffusers does by default (use_clipped_model_output=False)
-            x0 = x0.clamp(-self.clip_range, self.clip_range)
-        return x0, eps
+    def _predict_x0_eps(self, eps: torch.Tensor, x: torch.Tensor, abar: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted noise at noise level abar -> (clipped x0, eps), both (B, ...)."""
+        x0 = (x - math.sqrt(1 - abar) * eps) / math.sqrt(abar)
+        # eps is kept unclipped, as diffusers does by default (use_clipped_model_output=False)
+        return x0.clamp(-self.clip_range, self.clip_range), eps
 
     @torch.no_grad()
     def sample(self, model: Denoiser, x0: torch.Tensor, steps: int, cond=None,
-               generator: torch.Generator | None = None, method: str | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
         """Denoise Gaussian noise x0 (B, ...) in exactly ``steps`` network calls -> sample (B, ...).
 
-        ``method`` ("ddpm" | "ddim") overrides the configured sampler. DDPM needs ``steps`` to
+        ``sampler`` ("ddpm" | "ddim") overrides the configured one. DDPM needs ``steps`` to
         divide num_train_timesteps; DDIM takes any 1..num_train_timesteps. Runs without grad.
         """
-        method = self.sampler if method is None else method
-        if method not in SAMPLERS:
-            raise ValueError(f"method must be one of {SAMPLERS}, got {method!r}")
+        method = self.check_sampler(sampler)
         self._check_x(x0, "x0")
-        K = self.num_train_timesteps
-        ks = inference_timesteps(K, steps, self.timestep_spacing)
-        if method == "ddpm" and K % steps:
-            raise ValueError(f"DDPM sampling needs steps to divide num_train_timesteps={K} "
-                             f"(strided ancestral sampling), got steps={steps}; use DDIM for other counts")
+        self.check_inference_steps(steps, method)
+        ks = inference_timesteps(self.num_train_timesteps, steps)
         abars = self.alphas_cumprod.tolist()
         B = x0.shape[0]
         x = x0
@@ -261,7 +250,7 @@ class DiffusionObjective:
             if method == "ddpm":
                 x = self._ddpm_step(x, x0_hat, abar_t, abar_prev, generator)
             else:
-                x = self._ddim_step(x0_hat, eps, abar_t, abar_prev, generator)
+                x = self._ddim_step(x0_hat, eps, abar_prev)
         return x
 
     def _ddpm_step(self, x: torch.Tensor, x0_hat: torch.Tensor, abar_t: float, abar_prev: float,
@@ -276,12 +265,7 @@ class DiffusionObjective:
         var = max((1 - abar_prev) / (1 - abar_t) * beta, 1e-20)  # "fixed_small"
         return mean + math.sqrt(var) * _randn(x, generator)
 
-    def _ddim_step(self, x0_hat: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_prev: float,
-                   generator: torch.Generator | None) -> torch.Tensor:
-        """DDIM step from abar_t to abar_prev (Song et al. 2021, eq. 12); eta = 0 is deterministic."""
-        var = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
-        sigma = self.ddim_eta * math.sqrt(max(var, 0.0))
-        x = math.sqrt(abar_prev) * x0_hat + math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * eps  # (B, ...)
-        if sigma > 0:
-            x = x + sigma * _randn(x, generator)
-        return x
+    @staticmethod
+    def _ddim_step(x0_hat: torch.Tensor, eps: torch.Tensor, abar_prev: float) -> torch.Tensor:
+        """Deterministic DDIM step to abar_prev (Song et al. 2021, eq. 12 with eta = 0)."""
+        return math.sqrt(abar_prev) * x0_hat + math.sqrt(max(1 - abar_prev, 0.0)) * eps  # (B, ...)

@@ -1,10 +1,7 @@
 """Exponential moving average of a module's weights.
 
-Two ways to set the rate:
-- ``power`` warm-up (Diffusion Policy / diffusers): decay_k = 1 - (1 + k) ** -power, capped at
-  ``max_decay``; early averages follow the weights closely, later ones slowly.
-- ``half_life`` in optimizer steps (EDM style): max_decay = 0.5 ** (1 / half_life), i.e. a
-  weight's contribution halves every ``half_life`` updates.
+The rate follows Diffusion Policy / diffusers: ``power`` warm-up, decay_k = 1 - (1 + k) ** -power,
+capped at ``max_decay``; early averages follow the weights closely, later ones slowly.
 ``warmup=False`` uses the constant max_decay from the first update (the shortcut reference's
 teacher: 0.999 from step 0).
 """
@@ -17,12 +14,7 @@ from torch import nn
 
 
 class EMA:
-    def __init__(self, model: nn.Module, max_decay: float = 0.9999, power: float = 0.75,
-                 half_life: float | None = None, warmup: bool = True):
-        if half_life is not None:
-            if half_life <= 0:
-                raise ValueError(f"half_life must be positive, got {half_life}")
-            max_decay = 0.5 ** (1.0 / half_life)
+    def __init__(self, model: nn.Module, max_decay: float = 0.9999, power: float = 0.75, warmup: bool = True):
         if not 0.0 <= max_decay < 1.0:
             raise ValueError(f"max_decay must be in [0, 1), got {max_decay}")
         if warmup and power <= 0:

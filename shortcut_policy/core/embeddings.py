@@ -5,9 +5,9 @@ DiT), so both are folded into one conditioning vector here:
 
     emb = MLP_t(sin(t)) + MLP_d(sin(code(d)))
 
-``code(d)`` is how d reaches the sinusoid (an ablation lever):
-- ``"log2"``: the level log2(1/d) in 0..log2(M), as the reference implementation;
-- ``"linear"``: d itself scaled to the t range;
+``code(d)`` is how d reaches the sinusoid:
+- ``"log2"``: the level log2(1/d) in 0..log2(M), as the reference implementation (d itself
+  scaled to the t range did worse at one call on PushT: docs/pusht.md);
 - ``"none"``: d is ignored (plain flow matching / diffusion baselines).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-D_EMBEDDINGS = ("log2", "linear", "none")
+D_EMBEDDINGS = ("log2", "none")
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -51,16 +51,16 @@ class TimeStepEmbedding(nn.Module):
     the same way so both features span a similar range.
     """
 
-    def __init__(self, dim: int, d_embedding: str = "log2", max_steps: int = 128, t_scale: float = 1000.0,
+    def __init__(self, dim: int, d_embedding: str = "log2", max_inference_steps: int = 128, t_scale: float = 1000.0,
                  freq_dim: int = 256):
         super().__init__()
         if d_embedding not in D_EMBEDDINGS:
             raise ValueError(f"d_embedding must be one of {D_EMBEDDINGS}, got {d_embedding!r}")
-        if max_steps < 1 or max_steps & (max_steps - 1):
-            raise ValueError(f"max_steps must be a power of two, got {max_steps}")
+        if max_inference_steps < 1 or max_inference_steps & (max_inference_steps - 1):
+            raise ValueError(f"max_inference_steps must be a power of two, got {max_inference_steps}")
         self.dim = dim
         self.d_embedding = d_embedding
-        self.max_level = int(math.log2(max_steps))
+        self.max_level = int(math.log2(max_inference_steps))
         self.t_scale = t_scale
         self.t_freq = SinusoidalEmbedding(freq_dim)
         self.t_mlp = _mlp(freq_dim, dim)
@@ -70,10 +70,8 @@ class TimeStepEmbedding(nn.Module):
 
     def d_code(self, d: torch.Tensor) -> torch.Tensor:
         """The scalar that enters the d sinusoid, on the same scale as t * t_scale."""
-        if self.d_embedding == "log2":
-            level = -torch.log2(d.clamp_min(2.0 ** -30))  # 0 for d=1, log2(M) for d=1/M
-            return level / max(self.max_level, 1) * self.t_scale
-        return d * self.t_scale  # linear
+        level = -torch.log2(d.clamp_min(2.0 ** -30))  # 0 for d=1, log2(M) for d=1/M
+        return level / max(self.max_level, 1) * self.t_scale
 
     def forward(self, t: torch.Tensor, d: torch.Tensor | None = None) -> torch.Tensor:
         """t: (B,), d: (B,) -> (B, dim)."""

@@ -20,20 +20,15 @@ straight path from x_t would reach at t = 1, so the jump is
 and a jump that ends at t = 1 lands on x^ itself: one call never has to reproduce (and cancel)
 the initial noise through the network. The loss is then measured on x^ (the velocity error times
 (1 - t)), which is the error of the state where a jump ends at t = 1.
-
-``parameterization="landing"`` keeps the velocity reading for every jump that ends before t = 1
-and reads the output of a jump that lands on t = 1 (t + d = 1) as its landing point, s = (x^ - x_t) / d:
-the last jump of every schedule (the only one at one call) returns the network output, while the
-flow level and the intermediate jumps stay velocities. The loss stays in velocity units.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from .sampler import VelocityFn, sample
-from .schedule import check_max_steps
+from .schedule import check_max_steps, dyadic_counts, step_schedule
 
 
 def index_cond(cond: Any, idx: torch.Tensor) -> Any:
@@ -59,7 +54,7 @@ def _detach(cond: Any) -> Any:
     return cond
 
 
-PARAMETERIZATIONS = ("velocity", "endpoint", "landing")
+PARAMETERIZATIONS = ("velocity", "endpoint")
 
 
 def endpoint_velocity(model: VelocityFn) -> VelocityFn:
@@ -73,82 +68,85 @@ def endpoint_velocity(model: VelocityFn) -> VelocityFn:
     return velocity
 
 
-def landing_velocity(model: VelocityFn, max_steps: int) -> VelocityFn:
-    """Velocity for jumps that end before t = 1; a jump that lands on t = 1 (t + d = 1 on the 1/M grid)
-    returns its landing point x^, read as the velocity (x^ - x_t) / d."""
-    def velocity(x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, cond: Any) -> torch.Tensor:
-        out = model(x, t, d, cond)  # (B, ...)
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        lands = (t + d > 1 - 0.5 / max_steps).view(shape)  # (B, 1, ...)
-        return torch.where(lands, (out - x) / d.view(shape), out)
-    return velocity
-
-
 class ShortcutObjective:
-    """Loss and sampler of a shortcut model (Frans et al. 2025).
+    """Loss and sampler of a shortcut model (Frans et al. 2025), and of plain flow matching.
 
     Args:
-        max_steps: M, the number of smallest steps (power of two); d in {1, 1/2, ..., 1/M}.
+        max_steps: M = ``max_inference_steps``, the number of smallest steps (power of two); d in
+            {1, 1/2, ..., 1/M}, so the model serves 1 .. M network calls per sample.
         consistency_fraction: share f of each batch trained on self-consistency targets
             (reference code 1/8, paper text 1/4). 0 gives plain flow matching.
-        level_weights: relative frequency of each consistency *target* step size
-            2d = 1, 1/2, ..., 2/M (log2(M) entries, largest first); None = uniform.
-        clip: clamp the teacher's intermediate state and the target to [-clip, clip]
-            (the reference uses 4); None = off.
         consistency_weight: loss weight of a consistency example relative to a flow example (1 =
             the reference's plain MSE over the batch). The flow targets x1 - x0 carry the whole
             spread of the data, the consistency targets none, so with weight 1 their share of the
             loss (and of its gradient noise) is tiny; a weight above 1 gives them more pull without
             taking flow examples away, as a larger ``consistency_fraction`` would.
-        parameterization: "velocity" (the network returns s, the reference), "endpoint" (the
-            network returns x^ and s = (x^ - x_t) / (1 - t)) or "landing" (velocity, except that a
-            jump ending at t = 1 returns its landing point); module doc.
-        loss_space: where the squared error is measured: "velocity" (s, weight 1) or "endpoint"
-            (x^ = x_t + (1 - t) s, i.e. the velocity error weighted by (1 - t)^2); None follows the
-            parameterization (endpoint for "endpoint", velocity otherwise).
+        parameterization: "velocity" (the network returns s, the reference) or "endpoint" (the
+            network returns x^ and s = (x^ - x_t) / (1 - t); the loss is then measured on x^).
+    Consistency target levels 2d = 1, 1/2, ..., 2/M are drawn uniformly.
     """
 
-    def __init__(self, max_steps: int = 128, consistency_fraction: float = 0.25,
-                 level_weights: Sequence[float] | None = None, clip: float | None = None,
-                 consistency_weight: float = 1.0, parameterization: str = "velocity",
-                 loss_space: str | None = None):
+    def __init__(self, max_steps: int = 128, consistency_fraction: float = 0.25, consistency_weight: float = 1.0,
+                 parameterization: str = "velocity"):
         self.n_levels = check_max_steps(max_steps)
         self.max_steps = max_steps
         if not 0.0 <= consistency_fraction < 1.0:
             raise ValueError(f"consistency_fraction must be in [0, 1), got {consistency_fraction}")
         self.consistency_fraction = float(consistency_fraction)
-        if level_weights is None:
-            level_weights = [1.0] * self.n_levels
-        if len(level_weights) != self.n_levels or any(w < 0 for w in level_weights) or sum(level_weights) <= 0:
-            raise ValueError(
-                f"level_weights needs {self.n_levels} non-negative weights (target steps 1 .. 2/{max_steps}), "
-                f"got {list(level_weights)}")
-        self.level_weights = torch.tensor([float(w) for w in level_weights])
-        if clip is not None and clip <= 0:
-            raise ValueError(f"clip must be positive or None, got {clip}")
-        self.clip = clip
         if not consistency_weight > 0:
             raise ValueError(f"consistency_weight must be positive, got {consistency_weight}")
         self.consistency_weight = float(consistency_weight)
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
         self.parameterization = parameterization
-        if loss_space is None:
-            loss_space = "endpoint" if parameterization == "endpoint" else "velocity"
-        if loss_space not in ("velocity", "endpoint"):
-            raise ValueError(f"loss_space must be 'velocity', 'endpoint' or None, got {loss_space!r}")
-        self.loss_space = loss_space
 
     @property
     def flow_only(self) -> bool:
         return self.consistency_fraction == 0.0
 
+    # ------------------------------------------------------------------ what callers ask of an objective
+    @property
+    def kind(self) -> str:
+        return "flow" if self.flow_only else "shortcut"
+
+    @property
+    def net_d_embedding(self) -> str:
+        """How d reaches the network: "log2" (the level log2(1/d)) for shortcut, "none" for flow."""
+        return "none" if self.flow_only else "log2"
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        """The samplers this objective offers, the default first."""
+        return (self.kind,)
+
+    @property
+    def default_inference_steps(self) -> int:
+        """Network calls when a caller does not say: one for a shortcut model, M for flow matching."""
+        return self.max_steps if self.flow_only else 1
+
+    def sweep_inference_steps(self, sampler: str | None = None) -> list[int]:
+        """The numbers of network calls an evaluation sweeps by default: 1, 2, 4, ... M."""
+        self.check_sampler(sampler)
+        return dyadic_counts(self.max_steps)
+
+    def check_inference_steps(self, n: int, sampler: str | None = None) -> None:
+        """Raise (naming the valid range) unless ``n`` network calls are possible."""
+        self.check_sampler(sampler)
+        step_schedule(n, self.max_steps)
+
+    def check_sampler(self, sampler: str | None) -> str:
+        if sampler not in (None, *self.samplers):
+            raise ValueError(f"a {self.kind} model samples with {self.samplers}, got sampler={sampler!r}")
+        return self.kind
+
+    def deterministic(self, sampler: str | None = None) -> bool:
+        """True: the sample is a function of the initial noise alone (exportable)."""
+        return True
+
     def velocity_fn(self, model: VelocityFn) -> VelocityFn:
         """The network as the velocity function s(x_t, t, d) the loss and the sampler integrate."""
         if self.parameterization == "endpoint":
             return endpoint_velocity(model)
-        if self.parameterization == "landing":
-            return landing_velocity(model, self.max_steps)
         return model
 
     # ------------------------------------------------------------------ training
@@ -163,7 +161,7 @@ class ShortcutObjective:
 
     def sample_levels(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-example consistency target levels j (target step 2d = 2^-j), j in 0..log2(M)-1: (n,)."""
-        return torch.multinomial(self.level_weights, n, replacement=True, generator=generator)
+        return torch.multinomial(torch.ones(self.n_levels), n, replacement=True, generator=generator)
 
     def loss(self, model: VelocityFn, x1: torch.Tensor, cond: Any = None,
              teacher: VelocityFn | None = None, teacher_cond: Any = None,
@@ -208,7 +206,7 @@ class ShortcutObjective:
         if pred.shape != x1.shape:
             raise ValueError(f"network output {tuple(pred.shape)} does not match data {tuple(x1.shape)}")
         err = (pred - target).pow(2).flatten(1).mean(1)  # (B,)
-        if self.loss_space == "endpoint":
+        if self.parameterization == "endpoint":
             err = err * (1 - t) ** 2  # the error of x^ = x_t + (1 - t) s
         loss = (err[nb:].sum() + self.consistency_weight * err[:nb].sum()) / B
         info = {"loss": loss.item(), "loss_flow": err[nb:].mean().item() if nb < B else 0.0,
@@ -226,30 +224,37 @@ class ShortcutObjective:
     @torch.no_grad()
     def two_half_jumps(self, teacher: VelocityFn, x_t: torch.Tensor, t: torch.Tensor, d_half: torch.Tensor,
                        cond: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """The teacher's midpoint after the first half jump and the consistency target (both clipped
-        when ``clip`` is set)."""
+        """The teacher's midpoint after the first half jump and the consistency target."""
         shape = (-1,) + (1,) * (x_t.ndim - 1)
         v1 = teacher(x_t, t, d_half, cond)  # (n, ...)
         x_mid = x_t + d_half.view(shape) * v1
-        if self.clip is not None:
-            x_mid = x_mid.clamp(-self.clip, self.clip)
         v2 = teacher(x_mid, t + d_half, d_half, cond)  # (n, ...)
-        target = (v1 + v2) / 2
-        if self.clip is not None:
-            target = target.clamp(-self.clip, self.clip)
-        return x_mid, target
+        return x_mid, (v1 + v2) / 2
 
     # ------------------------------------------------------------------ sampling
     def sample(self, model: VelocityFn, x0: torch.Tensor, steps: int, cond: Any = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
         """``steps`` network calls from noise x0. A flow-only model is always fed d = 1/M."""
+        self.check_sampler(sampler)
         fixed_d = 1.0 / self.max_steps if self.flow_only else None
         return sample(self.velocity_fn(model), x0, steps, cond, max_steps=self.max_steps, fixed_d=fixed_d)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "flow" if self.flow_only else "shortcut", "max_steps": self.max_steps,
+        return {"kind": self.kind, "max_inference_steps": self.max_steps,
                 "consistency_fraction": self.consistency_fraction,
-                "level_weights": self.level_weights.tolist(), "clip": self.clip,
-                "consistency_weight": self.consistency_weight, "parameterization": self.parameterization,
-                "loss_space": self.loss_space}
+                "consistency_weight": self.consistency_weight, "parameterization": self.parameterization}
 
+
+class EvalMode:
+    """Call a network in eval mode (no dropout) when it builds targets, then restore its mode."""
+
+    def __init__(self, net: torch.nn.Module):
+        self.net = net
+
+    def __call__(self, *args):
+        was = self.net.training
+        self.net.eval()
+        try:
+            return self.net(*args)
+        finally:
+            self.net.train(was)

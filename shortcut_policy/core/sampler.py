@@ -19,17 +19,16 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Ten
 
 @torch.no_grad()
 def sample(model: VelocityFn, x0: torch.Tensor, steps: int, cond: Any = None, max_steps: int = 128,
-           fixed_d: float | None = None, clip: float | None = None) -> torch.Tensor:
+           fixed_d: float | None = None) -> torch.Tensor:
     """Integrate from noise x0 (t=0) to data (t=1) in ``steps`` network calls.
 
     Args:
         model: (x (B,...), t (B,), d (B,), cond) -> velocity with x's shape.
         x0: initial Gaussian noise (B, ...).
-        steps: number of network calls, 1..max_steps (powers of two are uniform).
+        steps: number of network calls, 1..max_steps (M; powers of two are uniform).
         fixed_d: feed this d to the network at every step instead of the jump size.
             A flow-matching baseline never saw large d, so it is sampled with d fixed
             at its training level 1/M (a fair baseline).
-        clip: optional clamp of the state after each step (the reference clips to [-4, 4]).
     Returns:
         x1 with x0's shape.
     """
@@ -44,7 +43,5 @@ def sample(model: VelocityFn, x0: torch.Tensor, steps: int, cond: Any = None, ma
         if v.shape != x.shape:
             raise ValueError(f"model returned shape {tuple(v.shape)} for input {tuple(x.shape)}")
         x = x + d * v
-        if clip is not None:
-            x = x.clamp(-clip, clip)
         pos += jump
     return x

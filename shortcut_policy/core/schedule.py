@@ -1,8 +1,8 @@
 """Dyadic step sizes and step schedules shared by the objective and the sampler.
 
-Everything is counted in units of the smallest step 1/M (M = ``max_steps``, a
-power of two), so grids stay exact in any float dtype: a jump of size d = 2^-k
-is ``M >> k`` units, and t = units / M.
+Everything is counted in units of the smallest step 1/M (M = ``max_inference_steps``, a
+power of two: the most network calls per chunk), so grids stay exact in any float dtype: a jump
+of size d = 2^-k is ``M >> k`` units, and t = units / M.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import math
 
 
 def check_max_steps(max_steps: int) -> int:
-    """Validate M and return log2(M)."""
-    if not isinstance(max_steps, int) or max_steps < 2 or max_steps & (max_steps - 1):
-        raise ValueError(f"max_steps (M) must be a power of two >= 2, got {max_steps!r}")
+    """Validate M (``max_inference_steps``) and return log2(M)."""
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 2 or max_steps & (max_steps - 1):
+        raise ValueError(f"max_inference_steps (M) must be a power of two >= 2, got {max_steps!r}")
     return int(math.log2(max_steps))
 
 
@@ -20,8 +20,8 @@ DYADIC_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)  # the step counts swept, timed an
 
 
 def dyadic_counts(up_to: int) -> list[int]:
-    """The default step counts a sampler with at most ``up_to`` steps can take (a checkpoint's
-    max_steps, or DDIM's training timesteps)."""
+    """The default numbers of network calls a sampler with at most ``up_to`` can take (a checkpoint's
+    max_inference_steps, or DDIM's training timesteps)."""
     return [n for n in DYADIC_COUNTS if n <= up_to]
 
 
@@ -32,7 +32,7 @@ def dyadic_step_sizes(max_steps: int) -> list[float]:
 
 
 def step_schedule(steps: int, max_steps: int) -> list[int]:
-    """Jumps (in units of 1/M) of an N-step sampler; they sum to M.
+    """Jumps (in units of 1/M) of a sampler with N = ``steps`` network calls; they sum to M.
 
     A power of two N gives N equal jumps of M/N units. Any other budget 1 <= N <= M
     is served by a mixed dyadic schedule: start from one jump of the whole interval
@@ -42,9 +42,10 @@ def step_schedule(steps: int, max_steps: int) -> list[int]:
     """
     check_max_steps(max_steps)
     if not isinstance(steps, int) or isinstance(steps, bool):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+        raise TypeError(f"num_inference_steps must be an int, got {steps!r} ({type(steps).__name__})")
     if not 1 <= steps <= max_steps:
-        raise ValueError(f"steps must be in 1..{max_steps} (the smallest trained step is 1/{max_steps}), got {steps}")
+        raise ValueError(f"num_inference_steps must be in 1..{max_steps} (the smallest trained step is "
+                         f"1/{max_steps}), got {steps}")
     jumps = [max_steps]
     while len(jumps) < steps:
         # halve the largest jump (the first one of the largest size keeps the order big -> small)

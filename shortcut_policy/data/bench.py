@@ -174,7 +174,7 @@ def run_data_benchmarks(lerobot_pusht: Path, dp_zarr: Path, lowdim_zarr: Path, w
         "lowdim_train_samples_per_s": train_samples_per_s(policy, lowdim, batch_size),
         "image_loader_samples_per_s": loader_samples_per_s(images, batch_size)}
     # 5. the same data from two sources trains the same: agent position only, from the zarr and the import
-    base = {"policy": {"net": "unet1d_small", "net_kwargs": {}, "obs_encoder": "lowdim", "normalizer_mode": "limits"},
+    base = {"policy": {"net": "unet1d_small", "net_kwargs": {}, "obs_encoder": "lowdim"},
             "objective": {"kind": "shortcut", "max_steps": 16, "consistency_weight": 4.0},
             "train": {"steps": train_steps, "batch_size": batch_size, "lr": 1e-3, "warmup_steps": 100, "log_every": 10,
                       "val_every": 100, "ckpt_every": train_steps, "progress": False, "seed": 0},
@@ -191,3 +191,33 @@ def run_data_benchmarks(lerobot_pusht: Path, dp_zarr: Path, lowdim_zarr: Path, w
     out["same_data"] = loss_curves_match(runs)
     out["same_data"]["train_steps"] = train_steps
     return out
+
+
+BENCH_DOC = """The data-path figures of docs/data.md in one run: LeRobot and robomimic import speed, the LeRobot
+PushT import against the zarr it was made from, image chunking in the store, loader vs training
+throughput, and the same loss curve from the zarr and from the LeRobot import.
+
+    python scripts/bench_data.py --shared ../shared/data --out docs/results/pusht_lowdim/data/data.json
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .. import cli
+    from ..results import result_doc, write_result
+
+    ap = cli.parser(BENCH_DOC)
+    ap.add_argument("--shared", type=Path, required=True, help="folder holding pusht/ and lerobot_pusht_v3/")
+    ap.add_argument("--lowdim", type=Path, default=Path("datasets/pusht_lowdim.zarr"))
+    ap.add_argument("--train-steps", type=int, default=500)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench_data_") as work:
+        res = run_data_benchmarks(args.shared / "lerobot_pusht_v3", args.shared / "pusht" / "pusht_cchi_v7_replay.zarr",
+                                  args.lowdim, Path(work), train_steps=args.train_steps)
+    doc = result_doc("data", "pusht", "data", {}, **res)
+    write_result(args.out, doc)
+    plot_loss_curves(res["same_data"], str(args.out.with_suffix(".png")),
+                     f"PushT, agent position only: the zarr vs the LeRobot import ({doc['date']}, {doc['machine']})")
+    for key in ("lerobot_import", "robomimic_import", "throughput"):
+        print(key, {k: round(v, 3) if isinstance(v, float) else v for k, v in res[key].items()})
+    print("same data, max train-loss difference:", res["same_data"]["max_abs_train_loss_difference"])

@@ -113,6 +113,26 @@ class KeySource:
         return arr
 
 
+PKG_SCHEME = "pkg://"
+
+
+def resolve_data_path(path: str | os.PathLike) -> Path:
+    """A dataset path: a filesystem path (relative to the working directory), or ``pkg://<package>/<file>``
+    for data shipped inside an installed package (the PushT demonstrations:
+    ``pkg://shortcut_policy.datasets/pusht_lowdim.zarr``)."""
+    text = str(path)
+    if not text.startswith(PKG_SCHEME):
+        return Path(path)
+    package, _, rel = text[len(PKG_SCHEME):].partition("/")
+    from importlib import resources
+
+    try:
+        root = resources.files(package)
+    except ModuleNotFoundError as e:
+        raise DatasetError(f"{text}: no installed package {package!r} ({e})") from None
+    return Path(str(root / rel))
+
+
 def filter_mask(buffer: ReplayBuffer, name: str, path: Path) -> np.ndarray:
     """(E,) bool mask of the episodes in the store's filter ``name`` (robomimic's mask/<name>,
     kept by the importer in the ``filters`` attribute)."""
@@ -131,7 +151,8 @@ class SequenceDataset(Dataset):
     """Windows of a zarr replay buffer for policy training; see the module doc.
 
     Args:
-        path: the zarr store (relative paths are relative to the working directory).
+        path: the zarr store (relative paths are relative to the working directory;
+            ``pkg://<package>/<file>`` names data shipped in a package).
         obs: policy observation keys, a list of store keys or ``{policy key: store key or
             {key, index, transform}}``.
         action: the action's store key (or ``{key, index, transform}``).
@@ -160,7 +181,7 @@ class SequenceDataset(Dataset):
         sources = ({k: KeySource(k) for k in obs} if not isinstance(obs, Mapping)
                    else {str(k): KeySource.parse(f"dataset.obs.{k}", v) for k, v in obs.items()})
         action_source = KeySource.parse("dataset.action", action)
-        self.path = Path(path)
+        self.path = resolve_data_path(path)
         needed = sorted({s.key for s in sources.values()} | {action_source.key})
         raw = ReplayBuffer.from_path(self.path, keys=needed)
         arrays = {k: s.load(raw, self.path, f"obs {k!r}") for k, s in sources.items()}

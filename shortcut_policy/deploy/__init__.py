@@ -1,8 +1,10 @@
-"""Deployment: export to TorchScript / ONNX, a real-time control loop, latency helpers.
+"""Deployment: export to TorchScript / ONNX, a real-time control loop, its step budget, and a
+simulated real-time evaluation.
 
-``runtime`` (``ExportedPolicy``) and ``control`` import numpy only, so a robot computer can run an
-ONNX export without torch; ``export`` needs torch and the policy code. Names are resolved lazily
-so that importing one part does not import the others.
+``runtime`` (``ExportedPolicy``) and the loop (``clocks``, ``scheduling``, ``workers``,
+``controller``, ``budget``) import numpy only, so a robot computer can run an ONNX export without
+torch; ``export`` and ``realtime`` need torch and the policy code. Names are resolved lazily so that
+importing one part does not import the others.
 """
 from __future__ import annotations
 
@@ -12,8 +14,11 @@ from typing import Any
 _EXPORTS = {
     "ExportedPolicy": "runtime", "ExportError": "runtime",
     "export_policy": "export", "verify_export": "export", "ChunkGraph": "export",
-    "RealTimeController": "control", "ControllerConfig": "control", "ensemble_weights": "control",
-    "choose_steps": "control", "measure_step_latencies": "control", "RealClock": "control", "FakeClock": "control",
+    "RealTimeController": "controller", "ControllerConfig": "controller", "ControlStats": "controller",
+    "ensemble_weights": "scheduling", "ActionScheduler": "scheduling", "ObservationHistory": "scheduling",
+    "ThreadedInference": "workers", "InlineInference": "workers",
+    "choose_steps": "budget", "measure_step_latencies": "budget", "auto_steps": "budget",
+    "RealClock": "clocks", "FakeClock": "clocks",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,7 +12,7 @@ and returns two outputs,
     action_chunk    (B, n_action_steps, action_dim)  raw actions to execute (what the controller uses)
     action_sequence (B, horizon, action_dim)         the whole predicted horizon, raw
 
-Normalization, the observation encoder, the ``steps`` network calls of the sampler (its step
+Normalization, the observation encoder, the ``num_inference_steps`` network calls of the sampler (its step
 schedule unrolled, every t and d a constant) and unnormalization are all inside. Taking the noise
 as an input keeps the graph deterministic, so an export can be checked against eager
 ``predict_action_chunk`` on the same noise (``verify_export``), and the caller decides how noise
@@ -27,9 +27,9 @@ checkpoint, training step, versions, date); the same JSON is embedded in the art
 (TorchScript extra file / ONNX ``metadata_props``) so a loader can tell when a sidecar belongs
 to another export.
 
-Samplers that draw fresh noise inside the loop (DDPM, DDIM with eta > 0) are refused: their
-graph would not be a function of the inputs. A DDPM-trained network exports with the
-deterministic DDIM sampler (``sampler="ddim"``).
+Samplers that draw fresh noise inside the loop (DDPM) are refused: their graph would not be a
+function of the inputs. A DDPM-trained network exports with the deterministic DDIM sampler
+(``sampler="ddim"``); the objective says which of its samplers are deterministic.
 """
 from __future__ import annotations
 
@@ -60,51 +60,36 @@ class ChunkGraph(nn.Module):
     they are data-dependent branches a trace cannot keep, and ``ExportedPolicy`` does them.
     """
 
-    def __init__(self, policy: ShortcutPolicy, steps: int, sampler: str | None = None):
+    def __init__(self, policy: ShortcutPolicy, num_inference_steps: int, sampler: str | None = None):
         super().__init__()
-        cfg = policy.cfg
-        kind = cfg.objective.kind
-        if kind in ("ddpm", "ddim"):
-            sampler = sampler or policy.objective.sampler
-            if sampler != "ddim":
-                raise ValueError(f"the {sampler!r} sampler draws fresh noise at every step, so its graph is not a "
-                                 "function of (obs, noise); export this DDPM-trained network with sampler='ddim'")
-            if policy.objective.ddim_eta != 0:
-                raise ValueError(f"DDIM with eta={policy.objective.ddim_eta} draws noise at every step; export needs eta=0")
-        elif sampler not in (None, kind):
-            raise ValueError(f"a {kind!r} policy has one sampler; got sampler={sampler!r}")
+        cfg, objective = policy.cfg, policy.objective
+        self.sampler = objective.check_sampler(sampler)
+        if not objective.deterministic(self.sampler):
+            deterministic = [s for s in objective.samplers if objective.deterministic(s)]
+            raise ValueError(f"the {self.sampler!r} sampler draws fresh noise at every step, so its graph is not a "
+                             f"function of (obs, noise); export this network with sampler={deterministic[0]!r}"
+                             if deterministic else f"no deterministic sampler for a {objective.kind!r} policy")
         if not policy.normalizer.is_fitted:
-            raise ValueError("the policy's normalizer is not fitted: export a trained policy (load_policy), "
-                             "the artifact must carry the normalization")
+            raise ValueError("the policy's normalizer is not fitted: export a trained policy "
+                             "(ShortcutPolicy.from_checkpoint); the artifact must carry the normalization")
+        # check the count now (not inside the trace), with the objective's own error message
+        objective.check_inference_steps(num_inference_steps, self.sampler)
         self.policy = policy
         self.obs_keys = policy.shape_meta.keys
-        self.steps = int(steps)
-        self.sampler = sampler or kind
+        self.num_inference_steps = int(num_inference_steps)
         self.start = cfg.n_obs_steps - 1
         self.n_action_steps = cfg.n_action_steps
-        # check the step count now (not inside the trace), with the objective's own error message
-        if kind in ("ddpm", "ddim"):
-            from ..core.diffusion import inference_timesteps
-
-            inference_timesteps(policy.objective.num_train_timesteps, self.steps, policy.objective.timestep_spacing)
-        else:
-            from ..core.schedule import step_schedule
-
-            step_schedule(self.steps, policy.objective.max_steps)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.policy
         obs, noise = dict(zip(self.obs_keys, inputs[:-1])), inputs[-1]  # {key: (B, To, *shape)}, (B, H, A)
         cond = p.encode_obs(obs)  # (B, cond_dim)
-        if self.sampler == "ddim":
-            naction = p.objective.sample(p.net, noise, self.steps, cond, method="ddim")  # (B, H, A)
-        else:
-            naction = p.objective.sample(p.net, noise, self.steps, cond)  # (B, H, A)
+        naction = p.objective.sample(p.net, noise, self.num_inference_steps, cond, sampler=self.sampler)  # (B, H, A)
         seq = p.normalizer.unnormalize("action", naction)  # (B, H, A)
         return seq[:, self.start:self.start + self.n_action_steps], seq  # (B, n_action_steps, A), (B, H, A)
 
 
-def export_metadata(policy: ShortcutPolicy, steps: int, backend: str, sampler: str,
+def export_metadata(policy: ShortcutPolicy, num_inference_steps: int, backend: str, sampler: str,
                     checkpoint: str | Path | None = None, run: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a loader needs to check inputs and what a reader needs to trace the file back."""
     cfg = policy.cfg
@@ -117,7 +102,7 @@ def export_metadata(policy: ShortcutPolicy, steps: int, backend: str, sampler: s
         "horizon": cfg.horizon,
         "n_obs_steps": cfg.n_obs_steps,
         "n_action_steps": cfg.n_action_steps,
-        "steps": int(steps),
+        "num_inference_steps": int(num_inference_steps),
         "objective": cfg.objective.kind,
         "sampler": sampler,
         "net": cfg.net,
@@ -159,7 +144,7 @@ def example_inputs(policy: ShortcutPolicy, batch: int, seed: int = 0) -> tuple[d
     return {k: v.to(policy.device) for k, v in obs.items()}, noise.to(policy.device)
 
 
-def export_policy(policy: ShortcutPolicy, path: str | Path, steps: int, sampler: str | None = None,
+def export_policy(policy: ShortcutPolicy, path: str | Path, num_inference_steps: int, sampler: str | None = None,
                   checkpoint: str | Path | None = None, run: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``path`` (backend from its suffix) and ``<path>.json``; returns the metadata.
 
@@ -171,8 +156,8 @@ def export_policy(policy: ShortcutPolicy, path: str | Path, steps: int, sampler:
     path = Path(path)
     backend = backend_for(path)
     policy = policy.eval()
-    graph = ChunkGraph(policy, steps, sampler).eval()
-    meta = export_metadata(policy, steps, backend, graph.sampler, checkpoint, run)
+    graph = ChunkGraph(policy, num_inference_steps, sampler).eval()
+    meta = export_metadata(policy, num_inference_steps, backend, graph.sampler, checkpoint, run)
     meta_json = json.dumps(meta, indent=1)
     obs, noise = example_inputs(policy, batch=2)
     example = (*[obs[k] for k in graph.obs_keys], noise)
@@ -243,7 +228,7 @@ def verify_export(policy: ShortcutPolicy, path: str | Path, batch_sizes: tuple[i
     exported = loaded if loaded is not None else ExportedPolicy.load(path)
     meta = exported.metadata
     policy = policy.eval()
-    graph = ChunkGraph(policy, meta["steps"], meta["sampler"]).eval()
+    graph = ChunkGraph(policy, meta["num_inference_steps"], meta["sampler"]).eval()
     scale = policy.normalizer.field("action").scale.detach().cpu().double().numpy()  # (A,)
     start, n = meta["chunk_start"], meta["n_action_steps"]
     raw_errs, norm_errs = [], []
@@ -256,7 +241,7 @@ def verify_export(policy: ShortcutPolicy, path: str | Path, batch_sizes: tuple[i
             raw_errs.append(float(np.abs(chunk - eager_seq[:, start:start + n]).max()))
             norm_errs.append(float((np.abs(seq - eager_seq) * scale).max()))
     worst = max(norm_errs)
-    report = {"path": str(path), "backend": meta["backend"], "steps": meta["steps"],
+    report = {"path": str(path), "backend": meta["backend"], "num_inference_steps": meta["num_inference_steps"],
               "max_abs_err": max(raw_errs), "max_abs_err_normalized": worst, "atol_normalized": atol,
               "ok": bool(worst <= atol), "cases": len(raw_errs), "batch_sizes": list(batch_sizes)}
     if raise_on_fail and not report["ok"]:
@@ -280,14 +265,12 @@ def _eager_sequence(policy: ShortcutPolicy, graph: ChunkGraph, obs: dict[str, to
     def sample_from_noise(model, x0, steps, cond, generator=None, **kw):
         if x0.shape != noise.shape:
             raise RuntimeError(f"eager x0 {tuple(x0.shape)} does not match the export noise {tuple(noise.shape)}")
-        if graph.sampler == "ddim" and "method" not in kw:
-            kw["method"] = "ddim"
         return original(model, noise.to(x0), steps, cond, **kw)
 
     shadowed = "sample" in vars(objective)  # an instance attribute already (a test's wrapper)
     objective.sample = sample_from_noise
     try:
-        return policy.predict_action_sequence(obs, steps=graph.steps)
+        return policy.predict_action_sequence(obs, graph.num_inference_steps, sampler=graph.sampler)
     finally:
         if shadowed:
             objective.sample = original

@@ -9,8 +9,8 @@ SUFFIXES = {".pt": "torchscript", ".ts": "torchscript", ".onnx": "onnx"}
 OUTPUT_NAMES = ("action_chunk", "action_sequence")
 METADATA_FILE = "metadata.json"  # name of the copy embedded in the artifact
 REQUIRED_METADATA = ("format_version", "backend", "shape_meta", "action_dim", "horizon", "n_obs_steps",
-                     "n_action_steps", "chunk_start", "steps", "objective", "sampler", "inputs", "input_order",
-                     "outputs")
+                     "n_action_steps", "chunk_start", "num_inference_steps", "objective", "sampler", "inputs",
+                     "input_order", "outputs")
 
 
 def input_names(obs_keys: list[str]) -> list[str]:

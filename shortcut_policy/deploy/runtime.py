@@ -34,7 +34,7 @@ def _check_metadata(meta: Any, source: str) -> dict[str, Any]:
     if meta["format_version"] != FORMAT_VERSION:
         raise ExportError(f"{source}: export format version {meta['format_version']} is not supported by this "
                           f"loader (version {FORMAT_VERSION}); re-export with this version of the package")
-    for key in ("action_dim", "horizon", "n_obs_steps", "n_action_steps", "steps"):
+    for key in ("action_dim", "horizon", "n_obs_steps", "n_action_steps", "num_inference_steps"):
         v = meta[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ExportError(f"{source}: metadata {key!r} must be a positive integer, got {v!r}")
@@ -149,7 +149,7 @@ class ExportedPolicy:
 
     def __repr__(self) -> str:
         m = self.metadata
-        return (f"ExportedPolicy({str(self.path)!r}, backend={self.backend}, steps={m['steps']}, "
+        return (f"ExportedPolicy({str(self.path)!r}, backend={self.backend}, num_inference_steps={m['num_inference_steps']}, "
                 f"{self.shape_meta.describe()}, chunk {self.chunk_shape})")
 
 

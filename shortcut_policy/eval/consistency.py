@@ -48,14 +48,14 @@ def step_diagnostics(policy, windows: Sequence[dict[str, torch.Tensor]], steps_l
 
     def sample(n: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)  # the same noise for every step count
-        return policy.predict_action_sequence(obs_rep, steps=n, generator=g).reshape(B, n_noise, *demo.shape[1:])
+        return policy.predict_action_sequence(obs_rep, n, generator=g).reshape(B, n_noise, *demo.shape[1:])
 
     def roughness(x: torch.Tensor) -> float:  # (..., H, A) -> RMS of the second difference over H
         return float((x[..., 2:, :] - 2 * x[..., 1:-1, :] + x[..., :-2, :]).pow(2).mean().sqrt())
 
     # the initial noise predict_action_sequence draws first from the same generator (normalized units)
     x0 = torch.randn((B * n_noise, cfg.horizon, cfg.action_dim), generator=torch.Generator().manual_seed(seed))
-    x0 = x0.reshape(B, n_noise, cfg.horizon, cfg.action_dim) * policy.noise_scale
+    x0 = x0.reshape(B, n_noise, cfg.horizon, cfg.action_dim)
     x0_energy = float(x0.pow(2).sum())
     ref = sample(ref_steps)
     nref = policy.normalizer.normalize("action", ref)
@@ -138,8 +138,8 @@ def pick_windows(dataset, n: int, seed: int = 0) -> list[dict[str, torch.Tensor]
 
 def by_step_count(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Regroup per-checkpoint results as {step count: {checkpoint: entry}} (the results-file layout).
-    Checkpoints with different ``max_steps`` share a file: a count appears under the checkpoints that
-    were sampled at it (one with max_steps 8 has no 16-step entry)."""
+    Checkpoints with different ``max_inference_steps`` share a file: a count appears under the checkpoints that
+    were sampled at it (one with max_inference_steps 8 has no 16-call entry)."""
     counts = sorted({int(n) for r in results.values() for n in r["steps"]})
     return {str(n): {name: r["steps"][str(n)] for name, r in results.items() if str(n) in r["steps"]}
             for n in counts}

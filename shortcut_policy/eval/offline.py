@@ -26,7 +26,7 @@ from .consistency import pick_windows
 
 @torch.no_grad()
 def offline_eval(policy, dataset, steps_list: Sequence[int], n_windows: int = 256, seed: int = 0,
-                 batch_size: int = 64) -> dict[str, Any]:
+                 batch_size: int = 64, sampler: str | None = None) -> dict[str, Any]:
     """Action error against the demonstrations of ``dataset`` (validation windows) per step count."""
     from ..train.loop import validation_loss
 
@@ -42,7 +42,7 @@ def offline_eval(policy, dataset, steps_list: Sequence[int], n_windows: int = 25
         for b in range(0, len(items), batch_size):
             batch = default_collate(items[b:b + batch_size])
             demo = batch["action"].to(policy.device)  # (B, H, A)
-            pred = policy.predict_action_sequence(batch["obs"], steps=n, generator=g)  # (B, H, A)
+            pred = policy.predict_action_sequence(batch["obs"], n, generator=g, sampler=sampler)  # (B, H, A)
             nerr = (norm.normalize("action", pred) - norm.normalize("action", demo)) ** 2  # (B, H, A)
             se_hor.append(nerr.mean(dim=(1, 2)))
             se_chunk.append(nerr[:, start:start + n_act].mean(dim=(1, 2)))

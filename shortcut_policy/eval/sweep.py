@@ -9,14 +9,16 @@ import numpy as np
 import torch
 
 from ..core.schedule import DYADIC_COUNTS
-from .latency import measure_latency
+from ..latency import measure_latency, torch_sync
 
 DEFAULT_STEPS = DYADIC_COUNTS
 
 
 def sweep(policy, runner, steps_list: Sequence[int] = DEFAULT_STEPS, latency_iters: int = 50,
-          progress: bool = True, seed: int = 0, video_dir: str | None = None, n_videos: int = 0) -> dict[str, Any]:
-    """Evaluate ``policy`` at each step count on the runner's fixed seeds.
+          progress: bool = True, seed: int = 0, video_dir: str | None = None, n_videos: int = 0,
+          sampler: str | None = None) -> dict[str, Any]:
+    """Evaluate ``policy`` at each number of network calls on the runner's fixed seeds (``sampler``: one
+    of ``policy.objective.samplers``, default the objective's own).
 
     Returns {"steps": {"N": {score, success, latency_ms_p50, latency_ms_p99, control_rate_hz, ...}}}.
     The control rate is n_action_steps / chunk latency: the fastest loop a chunk of that cost allows.
@@ -27,11 +29,11 @@ def sweep(policy, runner, steps_list: Sequence[int] = DEFAULT_STEPS, latency_ite
     for n in steps_list:
         g = torch.Generator().manual_seed(seed)
         vd = f"{video_dir}/steps{n}" if video_dir and n_videos else None
-        res = runner.run(policy.act_fn(steps=n, generator=g), progress=progress, video_dir=vd, n_videos=n_videos)
+        res = runner.run(policy.act_fn(n, g, sampler), progress=progress, video_dir=vd, n_videos=n_videos)
         seeds = [int(x) for x in res.seeds]
         obs1 = policy.example_obs(batch=1)  # {key: (1, To, *shape)}
-        lat = measure_latency(lambda: policy.predict_action_chunk(obs1, steps=n), iters=latency_iters,
-                              warmup=3, max_seconds=20.0)
+        lat = measure_latency(lambda: policy.predict_action_chunk(obs1, n, sampler=sampler), iters=latency_iters,
+                              warmup=3, max_seconds=20.0, sync=torch_sync(policy.device))
         out[str(n)] = {
             "score": round(res.score, 4), "success": round(res.success, 4),
             "score_sem": round(float(np.std(res.scores) / np.sqrt(max(1, res.n_episodes))), 4),

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..nets.dit import DIT_MODELS
-from ..policy.config import ObjectiveConfig
+from ..core.config import FlowConfig, ShortcutConfig, objective_config
 
 
 @dataclass
@@ -25,17 +25,12 @@ class ImageModelConfig:
     num_classes: int = 10
     net: str = "dit_tiny"
     net_kwargs: dict[str, Any] = field(default_factory=dict)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    objective: ShortcutConfig | FlowConfig = field(default_factory=ShortcutConfig)
     class_dropout: float = 0.1
     cfg_scale: float = 1.5
 
     def __post_init__(self):
-        if isinstance(self.objective, dict):
-            okeys = {f.name for f in dataclasses.fields(ObjectiveConfig)}
-            bad = set(self.objective) - okeys
-            if bad:
-                raise ValueError(f"unknown objective config keys {sorted(bad)}; known: {sorted(okeys)}")
-            self.objective = ObjectiveConfig(**self.objective)
+        self.objective = objective_config(self.objective)
         if self.objective.kind not in ("shortcut", "flow"):
             raise ValueError(f"the image model trains with objective.kind 'shortcut' or 'flow', "
                              f"got {self.objective.kind!r}")

@@ -144,7 +144,7 @@ def generate(model, n: int, steps: int, labels: torch.Tensor | None, seed: int, 
     out = []
     for i in range(0, n, batch_size):
         lab = None if labels is None else labels[i:i + batch_size]
-        out.append(model.sample(steps=steps, labels=lab, cfg_scale=cfg_scale, noise=noise[i:i + batch_size]).cpu())
+        out.append(model.sample(num_inference_steps=steps, labels=lab, cfg_scale=cfg_scale, noise=noise[i:i + batch_size]).cpu())
     return torch.cat(out)
 
 

@@ -1,7 +1,7 @@
 """The image generative model: a DiT trained and sampled by the *core* shortcut objective and sampler.
 
 The image twin of ``ShortcutPolicy``: ``compute_loss(batch, teacher)`` for the shared training loop,
-``sample(n, steps, labels, cfg_scale, ...)`` for generation. Classifier-free guidance follows the
+``sample(n, num_inference_steps, labels, cfg_scale, ...)`` for generation. Classifier-free guidance follows the
 shortcut reference: the null class is learned through label dropout; guidance is applied only at
 the flow level d = 1/M, both inside the consistency targets (the teacher's flow-level half jumps,
 so guidance is baked into every larger jump) and at inference (only when sampling with d = 1/M,
@@ -9,7 +9,6 @@ i.e. M steps; a flow-matching baseline is always at that level).
 """
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +16,8 @@ from torch import nn
 from ..core.guidance import guided_velocity
 from ..core.sampler import VelocityFn
 from ..nets.dit import make_image_net
-from ..policy.policy import _EvalMode, make_objective
+from ..core.config import make_objective
+from ..core.objective import EvalMode
 from .config import ImageModelConfig
 
 
@@ -25,10 +25,10 @@ class ShortcutImageModel(nn.Module):
     def __init__(self, cfg: ImageModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.net = make_image_net(cfg.net, in_channels=cfg.channels, image_size=(cfg.height, cfg.width),
-                                  num_classes=cfg.num_classes, d_embedding=cfg.objective.net_d_embedding,
-                                  max_steps=cfg.objective.max_steps, **cfg.net_kwargs)
         self.objective = make_objective(cfg.objective)
+        self.net = make_image_net(cfg.net, in_channels=cfg.channels, image_size=(cfg.height, cfg.width),
+                                  num_classes=cfg.num_classes, d_embedding=self.objective.net_d_embedding,
+                                  max_inference_steps=cfg.objective.max_inference_steps, **cfg.net_kwargs)
         self.null_class = cfg.num_classes
 
     @property
@@ -38,7 +38,7 @@ class ShortcutImageModel(nn.Module):
     @property
     def flow_level(self) -> float:
         """The smallest step d = 1/M: the only level where guidance is applied."""
-        return 1.0 / self.cfg.objective.max_steps
+        return 1.0 / self.cfg.objective.max_inference_steps
 
     def _null(self, labels: torch.Tensor) -> torch.Tensor:
         return torch.full_like(labels, self.null_class)
@@ -81,7 +81,7 @@ class ShortcutImageModel(nn.Module):
         if self.cfg.num_classes and self.cfg.class_dropout > 0:
             drop = torch.rand(B, generator=generator).to(labels.device) < self.cfg.class_dropout  # (B,)
             labels = torch.where(drop, self._null(labels), labels)
-        teacher_net = _EvalMode(self.net if teacher is None else teacher.net)
+        teacher_net = EvalMode(self.net if teacher is None else teacher.net)
         teacher_fn = self.guided(teacher_net, self.cfg.cfg_scale)
         loss, info = self.objective.loss(self.net, x1, labels, teacher=teacher_fn, teacher_cond=labels,
                                          generator=generator)
@@ -89,11 +89,11 @@ class ShortcutImageModel(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def sample(self, n: int | None = None, steps: int = 1, labels: torch.Tensor | None = None,
+    def sample(self, n: int | None = None, num_inference_steps: int = 1, labels: torch.Tensor | None = None,
                cfg_scale: float | None = None, generator: torch.Generator | None = None,
                noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Generate images (n, C, H, W) in about [-1, 1] with ``steps`` network calls (2x at the flow level
-        when guided).
+        """Generate images (n, C, H, W) in about [-1, 1] with ``num_inference_steps`` network calls (2x at
+        the flow level when guided).
 
         labels: (n,) class indices; None = unconditional (the null class). cfg_scale: guidance scale
         (default: the training one); 0 = unconditional field, 1 = conditional without guidance.
@@ -118,4 +118,5 @@ class ShortcutImageModel(nn.Module):
         if labels.numel() and (labels.min() < 0 or labels.max() > self.null_class):
             raise ValueError(f"labels must be in 0..{self.cfg.num_classes - 1} (or {self.null_class} = null)")
         scale = self.cfg.cfg_scale if cfg_scale is None else float(cfg_scale)
-        return self.objective.sample(self.guided(self.net, scale), x0, int(steps), labels)
+        self.objective.check_inference_steps(num_inference_steps)
+        return self.objective.sample(self.guided(self.net, scale), x0, num_inference_steps, labels)

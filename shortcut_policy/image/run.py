@@ -4,7 +4,7 @@ loop; a checkpoint -> a model.
 Run config layout:
     image_data:  kind (mnist | npz | folder), path, ... (see ``data.make_image_dataset``)
     image_model: net, net_kwargs, class_dropout, cfg_scale (shape and classes come from the data)
-    objective:   ObjectiveConfig fields (kind shortcut | flow)
+    objective:   ShortcutConfig / FlowConfig fields (core.config)
     train:       TrainConfig fields
     out_dir, resume
 """
@@ -18,6 +18,7 @@ import torch
 
 from ..checkpoint import load_trained
 from ..train.loop import TrainConfig, train
+from ..core.config import teacher_ema_decay
 from ..utils import provenance
 from .config import ImageModelConfig
 from .data import ImageDataset, make_image_dataset
@@ -50,9 +51,7 @@ def run_image_training(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
           f"({n_params / 1e6:.2f}M parameters), objective {mcfg.objective.kind}, out_dir {out_dir}")
     full = {**run, "image_model_config": mcfg.to_dict(), "train": dataclasses.asdict(train_cfg),
             "provenance": run.get("provenance") or provenance()}
-    metrics = train(model, dataset, train_cfg, out_dir, full, teacher=mcfg.objective.teacher,
-                    teacher_ema_decay=mcfg.objective.teacher_ema_decay,
-                    teacher_ema_warmup=mcfg.objective.teacher_ema_warmup, resume=run.get("resume", True))
+    metrics = train(model, dataset, train_cfg, out_dir, full, teacher_ema_decay=teacher_ema_decay(mcfg.objective), resume=run.get("resume", True))
     return out_dir, metrics
 
 

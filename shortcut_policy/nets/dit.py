@@ -51,7 +51,7 @@ class DiT(nn.Module):
         hidden_size, depth, num_heads, mlp ratio 4: transformer size.
         num_classes: number of real classes K; the null class is index K. 0 = unconditional.
         pos_embed: "sincos" (fixed) or "learned".
-        d_embedding, max_steps: see ``TimeStepEmbedding``; "none" for a flow-matching baseline.
+        d_embedding, max_inference_steps: see ``TimeStepEmbedding``; "none" for a flow-matching baseline.
         p_drop: dropout in attention and MLP.
         class_embed_std: init scale of the class table (1: on par with the (t, d) embedding; DiT used 0.02).
 
@@ -61,7 +61,7 @@ class DiT(nn.Module):
 
     def __init__(self, in_channels: int = 1, image_size: int | tuple[int, int] = 28, patch_size: int = 4,
                  hidden_size: int = 96, depth: int = 4, num_heads: int = 4, num_classes: int = 10,
-                 pos_embed: str = "sincos", d_embedding: str = "log2", max_steps: int = 128, p_drop: float = 0.0,
+                 pos_embed: str = "sincos", d_embedding: str = "log2", max_inference_steps: int = 128, p_drop: float = 0.0,
                  class_embed_std: float = 1.0):
         super().__init__()
         self.class_embed_std = class_embed_std
@@ -85,7 +85,7 @@ class DiT(nn.Module):
         n_tokens = self.grid[0] * self.grid[1]
         patch_dim = in_channels * patch_size * patch_size
 
-        self.time_emb = TimeStepEmbedding(hidden_size, d_embedding=d_embedding, max_steps=max_steps)
+        self.time_emb = TimeStepEmbedding(hidden_size, d_embedding=d_embedding, max_inference_steps=max_inference_steps)
         self.class_emb = nn.Embedding(num_classes + 1, hidden_size)  # last row: the null class
         self.patch_embed = nn.Linear(patch_dim, hidden_size)  # a p x p stride-p conv, as a matmul
         pe = sincos_pos_embed_2d(hidden_size, *self.grid)[None]  # (1, N, C)

@@ -25,10 +25,10 @@ class _Block(nn.Module):
 
 class MLPVelocity(nn.Module):
     def __init__(self, dim: int, cond_dim: int = 0, width: int = 256, depth: int = 3, emb_dim: int = 128,
-                 d_embedding: str = "log2", max_steps: int = 128):
+                 d_embedding: str = "log2", max_inference_steps: int = 128):
         super().__init__()
         self.dim, self.cond_dim = dim, cond_dim
-        self.emb = TimeStepEmbedding(emb_dim, d_embedding=d_embedding, max_steps=max_steps)
+        self.emb = TimeStepEmbedding(emb_dim, d_embedding=d_embedding, max_inference_steps=max_inference_steps)
         if cond_dim:
             self.cond_proj = nn.Linear(cond_dim, emb_dim)
         self.inp = nn.Linear(dim, width)

@@ -105,7 +105,7 @@ class ActionTransformer(nn.Module):
         n_cond_tokens: number of observation tokens S (e.g. observation steps).
         n_layer, n_head, n_emb: depth, heads, width (n_emb must be a multiple of n_head).
         p_drop: dropout on embeddings, attention weights and MLP hidden units.
-        d_embedding, max_steps: see ``TimeStepEmbedding``.
+        d_embedding, max_inference_steps: see ``TimeStepEmbedding``.
 
     forward(x (B, T, A), t (B,), d (B,), cond (B, cond_dim) [S = 1] or (B, S, cond_dim) or None)
         -> (B, T, A).
@@ -113,7 +113,7 @@ class ActionTransformer(nn.Module):
 
     def __init__(self, action_dim: int, cond_dim: int, horizon: int, n_cond_tokens: int = 1, n_layer: int = 8,
                  n_head: int = 4, n_emb: int = 256, p_drop: float = 0.0, d_embedding: str = "log2",
-                 max_steps: int = 128):
+                 max_inference_steps: int = 128):
         super().__init__()
         if action_dim < 1:
             raise ValueError(f"action_dim must be >= 1, got {action_dim}")
@@ -135,7 +135,7 @@ class ActionTransformer(nn.Module):
         self.n_cond_tokens = n_cond_tokens
         self.d_embedding = d_embedding
 
-        self.time_emb = TimeStepEmbedding(n_emb, d_embedding=d_embedding, max_steps=max_steps)
+        self.time_emb = TimeStepEmbedding(n_emb, d_embedding=d_embedding, max_inference_steps=max_inference_steps)
         self.in_proj = nn.Linear(action_dim, n_emb)
         self.pos_emb = nn.Parameter(torch.zeros(1, horizon, n_emb))
         self.drop = nn.Dropout(p_drop)

@@ -72,7 +72,7 @@ class ConditionalUnet1D(nn.Module):
         kernel_size: odd temporal kernel of every conv block.
         n_groups: GroupNorm groups; must divide every entry of down_dims.
         emb_dim: width of the (t, d) embedding.
-        d_embedding, max_steps: see ``TimeStepEmbedding``.
+        d_embedding, max_inference_steps: see ``TimeStepEmbedding``.
         cond_predict_scale: FiLM predicts scale and bias (True) or bias only.
 
     forward(x (B, T, A), t (B,), d (B,), cond (B, cond_dim) or None) -> (B, T, A).
@@ -80,7 +80,7 @@ class ConditionalUnet1D(nn.Module):
 
     def __init__(self, action_dim: int, cond_dim: int, down_dims: tuple[int, ...] = (256, 512, 1024),
                  kernel_size: int = 5, n_groups: int = 8, emb_dim: int = 256, d_embedding: str = "log2",
-                 max_steps: int = 128, cond_predict_scale: bool = True):
+                 max_inference_steps: int = 128, cond_predict_scale: bool = True):
         super().__init__()
         down_dims = tuple(int(c) for c in down_dims)
         if action_dim < 1:
@@ -101,7 +101,7 @@ class ConditionalUnet1D(nn.Module):
         self.d_embedding = d_embedding
         self.horizon_multiple = 2 ** (len(down_dims) - 1)
 
-        self.time_emb = TimeStepEmbedding(emb_dim, d_embedding=d_embedding, max_steps=max_steps)
+        self.time_emb = TimeStepEmbedding(emb_dim, d_embedding=d_embedding, max_inference_steps=max_inference_steps)
         c_dim = emb_dim + cond_dim
 
         def res(c_in: int, c_out: int) -> FiLMResidualBlock1D:

@@ -1,5 +1,5 @@
-from .config import ObjectiveConfig, PolicyConfig
+from .config import PolicyConfig
 from .normalizer import Normalizer
-from .policy import ShortcutPolicy, make_objective
+from .policy import ShortcutPolicy
 
-__all__ = ["Normalizer", "ObjectiveConfig", "PolicyConfig", "ShortcutPolicy", "make_objective"]
+__all__ = ["Normalizer", "PolicyConfig", "ShortcutPolicy"]

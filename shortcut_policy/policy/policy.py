@@ -18,27 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.diffusion import DiffusionObjective
-from ..core.objective import ShortcutObjective
 from ..checkpoint import load_trained
+from ..core.config import make_objective
+from ..core.objective import EvalMode
 from ..nets import make_action_net
 from ..shape_meta import ShapeMetaError
-from .config import ObjectiveConfig, PolicyConfig
+from .config import PolicyConfig
 from .normalizer import Normalizer
 from .obs_encoder import make_obs_encoder
-
-
-def make_objective(cfg: ObjectiveConfig) -> ShortcutObjective | DiffusionObjective:
-    """One objective object per kind; all expose ``loss(model, x1, cond, teacher, teacher_cond)``
-    and ``sample(model, x0, steps, cond)``."""
-    if cfg.kind in ("shortcut", "flow"):
-        frac = cfg.consistency_fraction if cfg.kind == "shortcut" else 0.0
-        return ShortcutObjective(cfg.max_steps, frac, level_weights=cfg.level_weights, clip=cfg.clip,
-                                 consistency_weight=cfg.consistency_weight, parameterization=cfg.parameterization,
-                                 loss_space=cfg.loss_space)
-    return DiffusionObjective(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                              prediction_type=cfg.prediction_type, sampler=cfg.kind,
-                              timestep_spacing=cfg.timestep_spacing, max_steps=cfg.max_steps)
 
 
 class ShortcutPolicy(nn.Module):
@@ -66,14 +53,13 @@ class ShortcutPolicy(nn.Module):
         self.shape_meta = cfg.meta
         self.normalizer = Normalizer.from_shape_meta(self.shape_meta)
         self.obs_encoder = make_obs_encoder(cfg.obs_encoder, shape_meta=self.shape_meta, n_obs_steps=cfg.n_obs_steps)
+        self.objective = make_objective(cfg.objective)
         net_kwargs = dict(action_dim=cfg.action_dim, cond_dim=self.obs_encoder.out_dim,
-                          d_embedding=cfg.objective.net_d_embedding, max_steps=cfg.objective.max_steps)
+                          d_embedding=self.objective.net_d_embedding,
+                          max_inference_steps=getattr(cfg.objective, "max_inference_steps", 2))
         if cfg.net.startswith("transformer"):
             net_kwargs["horizon"] = cfg.horizon
         self.net = make_action_net(cfg.net, **net_kwargs, **cfg.net_kwargs)
-        self.objective = make_objective(cfg.objective)
-        self.num_inference_steps = cfg.objective.default_steps
-        self.noise_scale = 1.0  # inference only: x0 ~ N(0, noise_scale^2); see set_noise_scale
         self.reset()
 
     @classmethod
@@ -87,20 +73,6 @@ class ShortcutPolicy(nn.Module):
         """
         return load_trained(lambda c: cls(PolicyConfig.from_dict(c)), path, "policy_config", weights, device,
                             other_kind="an image model")
-
-    def set_noise_scale(self, scale: float) -> None:
-        """Scale of the initial noise at inference (a sampling temperature; training is unchanged).
-
-        1 samples the learned action distribution; below 1 draws chunks nearer the middle of it
-        (0: one deterministic chunk per observation). The network still sees the noise levels t it
-        was trained on, so this is a choice about which samples to take, not a change of model.
-        Not stored in checkpoints; an exported graph takes its noise as an input, so a deployment
-        that wants a scale multiplies the noise it passes in.
-        """
-        scale = float(scale)
-        if not (scale >= 0.0 and np.isfinite(scale)):
-            raise ValueError(f"noise_scale must be a finite number >= 0, got {scale}")
-        self.noise_scale = scale
 
     # ------------------------------------------------------------------ observations
     @property
@@ -172,33 +144,40 @@ class ShortcutPolicy(nn.Module):
         cond = self.encode_obs(obs)  # (B, cond_dim)
         x1 = self.normalizer.normalize("action", action.to(self.device, torch.float32))  # (B, H, A)
         if teacher is None:
-            teacher_net, teacher_cond = _EvalMode(self.net), None
+            teacher_net, teacher_cond = EvalMode(self.net), None
         else:
             with torch.no_grad():
                 teacher_cond = teacher.encode_obs(obs)
-            teacher_net = _EvalMode(teacher.net)
+            teacher_net = EvalMode(teacher.net)
         return self.objective.loss(self.net, x1, cond, teacher=teacher_net, teacher_cond=teacher_cond)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict_action_sequence(self, obs: Any, steps: int | None = None,
-                                generator: torch.Generator | None = None) -> torch.Tensor:
-        """The whole predicted horizon, unnormalized: (B, horizon, action_dim)."""
+    def predict_action_sequence(self, obs: Any, num_inference_steps: int | None = None,
+                                generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
+        """The whole predicted horizon, unnormalized: (B, horizon, action_dim).
+
+        ``num_inference_steps``: network calls for the chunk (default: the objective's, 1 for a
+        shortcut policy); ``sampler``: one of ``policy.objective.samplers`` (DDPM-trained networks
+        take "ddpm" or "ddim"); ``generator`` seeds the initial noise (and DDPM's).
+        """
+        n = self.objective.default_inference_steps if num_inference_steps is None else num_inference_steps
+        self.objective.check_inference_steps(n, sampler)
         cond = self.encode_obs(self.prepare_obs(obs))  # (B, cond_dim)
         B = cond.shape[0]
         shape = (B, self.cfg.horizon, self.cfg.action_dim)
         x0 = torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
-        x0 = x0.to(self.device, cond.dtype) * self.noise_scale
-        steps = self.num_inference_steps if steps is None else int(steps)
-        naction = self.objective.sample(self.net, x0, steps, cond, generator=generator)  # (B, H, A)
+        x0 = x0.to(self.device, cond.dtype)
+        naction = self.objective.sample(self.net, x0, n, cond, generator=generator, sampler=sampler)  # (B, H, A)
         return self.normalizer.unnormalize("action", naction)
 
     @torch.no_grad()
-    def predict_action_chunk(self, obs: Any, steps: int | None = None,
-                             generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict_action_chunk(self, obs: Any, num_inference_steps: int | None = None,
+                             generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
         """{key: (B, >= n_obs_steps, *shape)} -> (B, n_action_steps, action_dim) raw actions."""
         start = self.cfg.n_obs_steps - 1
-        return self.predict_action_sequence(obs, steps, generator)[:, start:start + self.cfg.n_action_steps]
+        seq = self.predict_action_sequence(obs, num_inference_steps, generator, sampler)
+        return seq[:, start:start + self.cfg.n_action_steps]
 
     def reset(self) -> None:
         """Clear the observation and action queues (call at every episode start)."""
@@ -206,7 +185,7 @@ class ShortcutPolicy(nn.Module):
         self._action_queue: deque = deque()
 
     @torch.no_grad()
-    def select_action(self, obs: Any, steps: int | None = None) -> torch.Tensor:
+    def select_action(self, obs: Any, num_inference_steps: int | None = None) -> torch.Tensor:
         """One control step: {key: (B, *shape)} -> action (B, action_dim).
 
         Queues observations (repeating the first after a reset) and replans a chunk only when the
@@ -221,28 +200,14 @@ class ShortcutPolicy(nn.Module):
             self._obs_queue.append(obs)
         if not self._action_queue:
             hist = {k: torch.stack([o[k] for o in self._obs_queue], dim=1) for k in obs}  # (B, To, ...)
-            chunk = self.predict_action_chunk(hist, steps)  # (B, n_action_steps, A)
+            chunk = self.predict_action_chunk(hist, num_inference_steps)  # (B, n_action_steps, A)
             self._action_queue.extend(chunk.unbind(1))
         return self._action_queue.popleft()
 
-    def act_fn(self, steps: int | None = None, generator: torch.Generator | None = None):
+    def act_fn(self, num_inference_steps: int | None = None, generator: torch.Generator | None = None,
+               sampler: str | None = None):
         """A numpy callable for env runners and the controller:
         {key: (B, To, *shape)} -> (B, n_action_steps, action_dim)."""
         def act(obs: dict[str, np.ndarray]) -> np.ndarray:
-            return self.predict_action_chunk(obs, steps, generator).cpu().numpy()
+            return self.predict_action_chunk(obs, num_inference_steps, generator, sampler).cpu().numpy()
         return act
-
-
-class _EvalMode:
-    """Call a network in eval mode (no dropout) when it builds targets, then restore its mode."""
-
-    def __init__(self, net: nn.Module):
-        self.net = net
-
-    def __call__(self, *args):
-        was = self.net.training
-        self.net.eval()
-        try:
-            return self.net(*args)
-        finally:
-            self.net.train(was)

@@ -1,4 +1,6 @@
-"""Run logging: a JSON-lines file always, wandb when asked (offline by default, never required)."""
+"""Run logging: a JSON-lines file always; wandb only when asked (``train.wandb``: "disabled" by default,
+"offline" writes a local wandb run, "online" needs an account). wandb is an optional dependency
+(``pip install 'shortcut-policy[wandb]'``), imported only when used."""
 from __future__ import annotations
 
 import json
@@ -21,7 +23,11 @@ class RunLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if wandb_mode != "disabled":
-            import wandb  # optional at run time: imported only when used
+            try:
+                import wandb  # optional: imported only when used
+            except ImportError as e:
+                raise ImportError(f"train.wandb={wandb_mode!r} needs wandb ({e}); install it with "
+                                  "pip install 'shortcut-policy[wandb]', or set train.wandb=disabled") from e
 
             os.environ.setdefault("WANDB_SILENT", "true")
             self._wandb = wandb.init(project=project, name=name, config=config, mode=wandb_mode,

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, default_collate
 
 from ..core.ema import EMA
 from ..checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from ..utils import resolve_device
 from .logger import RunLogger
 
 
@@ -71,12 +72,6 @@ class TrainConfig:
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
     """Indices of the batch at ``step``: epochs are seeded permutations, last partial batch dropped."""
     per_epoch = n // batch_size
@@ -112,8 +107,7 @@ def validation_loss(model, dataset: Dataset, batch_size: int, device: torch.devi
 
 
 def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | Path,
-          run_config: dict[str, Any], teacher: str = "online", teacher_ema_decay: float = 0.999,
-          teacher_ema_warmup: bool = False, val_dataset: Dataset | None = None,
+          run_config: dict[str, Any], teacher_ema_decay: float | None = None, val_dataset: Dataset | None = None,
           evaluate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
           resume: bool = True) -> dict[str, Any]:
     """Train ``model`` for ``cfg.steps`` optimizer steps; returns the final metrics.
@@ -122,8 +116,6 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
     ``evaluate(ema_model, step)`` runs closed-loop evaluation every ``cfg.eval_every`` steps and at
     the end. With ``resume``, an existing ``out_dir/checkpoints/latest.pt`` is continued.
     """
-    if teacher not in ("online", "ema"):
-        raise ValueError(f"teacher must be 'online' or 'ema', got {teacher!r}")
     is_main = True  # rank 0 of a distributed run
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / "latest.pt"
@@ -134,7 +126,8 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     ema = EMA(model, max_decay=cfg.ema_max_decay, power=cfg.ema_power)
-    teacher_ema = EMA(model, max_decay=teacher_ema_decay, warmup=teacher_ema_warmup) if teacher == "ema" else None
+    # the consistency targets' teacher: the online weights (None), or an EMA at a constant decay from step 0
+    teacher_ema = EMA(model, max_decay=teacher_ema_decay, warmup=False) if teacher_ema_decay is not None else None
 
     start = 0
     if resume and ckpt_path.exists():

@@ -2,9 +2,9 @@
 
 Run config layout (``configs/train.yaml``):
     task:      TaskConfig fields: name, dataset {path, obs, action, ...}, horizon, n_obs_steps,
-               n_action_steps, shape_meta (optional), env {runner, max_steps, seed_start, n_episodes}
-    policy:    net, net_kwargs, obs_encoder, normalizer_mode
-    objective: ObjectiveConfig fields
+               n_action_steps, shape_meta (optional), env {runner, max_episode_steps, seed_start, n_episodes}
+    policy:    net, net_kwargs, obs_encoder
+    objective: the objective's config (core.config: kind shortcut | flow | ddpm | ddim)
     train:     TrainConfig fields
     eval:      {episodes: int, steps: [..]}  periodic evaluation during training (closed loop when the
                task has a simulator, offline on the validation episodes otherwise)
@@ -21,6 +21,7 @@ import torch
 from ..policy import PolicyConfig, ShortcutPolicy
 from ..shape_meta import ShapeMeta
 from ..task import TaskConfig, make_dataset, make_runner
+from ..core.config import teacher_ema_decay
 from ..utils import provenance
 from .loop import TrainConfig, train
 
@@ -43,7 +44,7 @@ def make_evaluator(task: TaskConfig, episodes: int, steps: list[int], val_datase
             runner = runner or make_runner(task, policy.shape_meta, n_episodes=episodes)
             out = {}
             for s in steps:
-                res = runner.run(policy.act_fn(steps=s), progress=False)
+                res = runner.run(policy.act_fn(s), progress=False)
                 out[f"eval/score@{s}"] = res.score
                 out[f"eval/success@{s}"] = res.success
             print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in out.items()))
@@ -68,7 +69,7 @@ def run_training(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     dataset = make_dataset(task)
     pcfg = policy_config_from_run(run, dataset.shape_meta)
     policy = ShortcutPolicy(pcfg)
-    policy.normalizer.load_state_dict(dataset.get_normalizer(mode=pcfg.normalizer_mode).state_dict())
+    policy.normalizer.load_state_dict(dataset.get_normalizer().state_dict())
     n_params = sum(p.numel() for p in policy.parameters())
     val = dataset.get_validation_dataset()
     print(f"{task.name}: {dataset.describe()}\n{len(dataset)} training windows, policy {pcfg.net} "
@@ -81,9 +82,7 @@ def run_training(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
 
     full = {**run, "task": dataclasses.asdict(task), "policy_config": pcfg.to_dict(),
             "train": dataclasses.asdict(train_cfg), "provenance": run.get("provenance") or provenance()}
-    metrics = train(policy, dataset, train_cfg, out_dir, full, teacher=pcfg.objective.teacher,
-                    teacher_ema_decay=pcfg.objective.teacher_ema_decay,
-                    teacher_ema_warmup=pcfg.objective.teacher_ema_warmup,
+    metrics = train(policy, dataset, train_cfg, out_dir, full, teacher_ema_decay=teacher_ema_decay(pcfg.objective),
                     val_dataset=val, evaluate=evaluate, resume=run.get("resume", True))
     return out_dir, metrics
 
