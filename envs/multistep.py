@@ -25,7 +25,7 @@ def _stack_box(space: spaces.Box, n: int) -> spaces.Box:
     return spaces.Box(low=low, high=high, dtype=space.dtype)
 
 
-class MultiStepWrapper(gym.Wrapper):
+class MultiStepWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Executes action chunks and returns a history of the last ``n_obs_steps`` observations.
 
     The chunk stops early when the env reports terminated or truncated. ``max_episode_steps``
@@ -34,6 +34,8 @@ class MultiStepWrapper(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env, n_obs_steps: int, n_action_steps: int, max_episode_steps: int | None = None):
+        gym.utils.RecordConstructorArgs.__init__(self, n_obs_steps=n_obs_steps, n_action_steps=n_action_steps,
+                                                 max_episode_steps=max_episode_steps)
         super().__init__(env)
         if n_obs_steps < 1 or n_action_steps < 1:
             raise ValueError(f"n_obs_steps and n_action_steps must be >= 1, got {n_obs_steps}, {n_action_steps}")

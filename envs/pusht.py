@@ -120,20 +120,24 @@ def _import_gym_pusht():
     return gym_pusht
 
 
-class PushTKeypointsEnv(gym.ObservationWrapper):
+class PushTKeypointsEnv(gym.Env):
     """gym-pusht's PushT-v0 (obs_type="state") seen through the keypoint observation
-    {"keypoint": (9, 2), "agent_pos": (2,)}.
+    {"keypoint": (9, 2), "agent_pos": (2,)}; registered as ``shortcut_policy/PushTKeypoints-v0``.
 
     reset(seed=..., options={"reset_to_state": [ax, ay, bx, by, angle]}) is passed to gym-pusht
     unchanged (see ``legacy_reset_state`` for what that state means). ``render()`` gives an
-    (render_size, render_size, 3) uint8 frame with the last action marked.
+    (render_size, render_size, 3) uint8 frame with the last action marked. ``sim`` is the gym-pusht
+    env (its pymunk bodies: ``sim.agent``, ``sim.block``). Reward, termination and ``info`` are
+    gym-pusht's; no time limit (the runner's ``max_episode_steps`` is the limit).
     """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, render_mode: str = "rgb_array", render_size: int = 256, **pusht_kwargs):
         if render_size < 96:  # gym-pusht draws the action marker int(render_size / 96) px thick
             raise ValueError(f"render_size must be >= 96 (gym-pusht's action marker needs it), got {render_size}")
         _import_gym_pusht()
-        env = gym.make(
+        self.sim = gym.make(
             "gym_pusht/PushT-v0",
             obs_type="state",
             render_mode=render_mode,
@@ -142,13 +146,31 @@ class PushTKeypointsEnv(gym.ObservationWrapper):
             disable_env_checker=True,
             **pusht_kwargs,
         ).unwrapped  # drop the registered TimeLimit: the step limit belongs to the caller
-        super().__init__(env)
+        self.render_mode = render_mode
+        self.action_space = self.sim.action_space
         self.observation_space = spaces.Dict({
             "keypoint": spaces.Box(*KEYPOINT_BOUNDS, shape=(9, 2), dtype=np.float32),
             "agent_pos": spaces.Box(0.0, 512.0, shape=(2,), dtype=np.float32)})
 
-    def observation(self, observation) -> dict[str, np.ndarray]:
-        return lowdim_obs_from_state(observation)
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        state, info = self.sim.reset(seed=seed, options=options)
+        return lowdim_obs_from_state(state), info
+
+    def step(self, action):
+        state, reward, terminated, truncated, info = self.sim.step(action)
+        return lowdim_obs_from_state(state), reward, terminated, truncated, info
+
+    def render(self):
+        return self.sim.render()
+
+    def close(self):
+        self.sim.close()
+
+
+ENV_ID = "shortcut_policy/PushTKeypoints-v0"
+if ENV_ID not in gym.registry:
+    gym.register(ENV_ID, entry_point="shortcut_policy.envs.pusht:PushTKeypointsEnv")
 
 
 class PushTRunner(LockstepRunner):
@@ -179,7 +201,8 @@ class PushTRunner(LockstepRunner):
         self.reset_states = None if reset_states is None else _as_states(reset_states, "reset_states").reshape(-1, 5)
 
     def make_env(self) -> gym.Env:
-        return PushTKeypointsEnv(render_mode="rgb_array", render_size=self.render_size)
+        return gym.make(ENV_ID, render_mode="rgb_array", render_size=self.render_size,
+                        disable_env_checker=True).unwrapped
 
     def reset_options(self, index: int, n_episodes: int) -> dict | None:
         if self.reset_states is None:

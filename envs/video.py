@@ -1,8 +1,8 @@
-"""Episode videos for any runner: a wrapper that streams rendered frames to an mp4 file.
+"""Episode videos for any runner: a wrapper that streams rendered frames to an H.264 mp4 file.
 
-Frames are written as they come (a 300-step episode held in memory at 256 px is ~60 MB).
-OpenCV is optional (it ships with gym-pusht): without it, or without a working 'mp4v'
-encoder, videos are skipped with a warning, never an error, so an evaluation never fails
+H.264 (yuv420p) plays in browsers and in wandb; frames are encoded as they come (a 300-step episode
+held in memory at 256 px is ~60 MB). PyAV (``av``, installed with the ``pusht`` and ``data`` extras)
+encodes; without it videos are skipped with a warning, never an error, so an evaluation never fails
 for want of a codec.
 """
 from __future__ import annotations
@@ -13,8 +13,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+CODEC = "libx264"
 
-class VideoRecorder(gym.Wrapper):
+
+class VideoRecorder(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Writes ``env.render()`` (H, W, 3) uint8 RGB after reset and every step, between ``start`` and ``stop``.
 
     Sits below ``MultiStepWrapper`` so every env step is filmed, not just chunk ends.
@@ -22,10 +24,12 @@ class VideoRecorder(gym.Wrapper):
     """
 
     def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
         super().__init__(env)
         self._path: Path | None = None
         self._fps = 10.0
-        self._writer = None
+        self._container = None
+        self._stream = None
         self.n_frames = 0
 
     @property
@@ -33,22 +37,24 @@ class VideoRecorder(gym.Wrapper):
         return self._path is not None
 
     def start(self, path: str | Path, fps: float) -> bool:
-        """Record from the next reset on; False (with a warning) when OpenCV is missing."""
+        """Record from the next reset on; False (with a warning) when PyAV is missing."""
         self.stop()
         try:
-            import cv2  # noqa: F401
+            import av  # noqa: F401
         except ImportError:
-            warnings.warn("opencv-python is not installed; videos skipped (pip install opencv-python)", stacklevel=2)
+            warnings.warn("PyAV is not installed; videos skipped (pip install av)", stacklevel=2)
             return False
         self._path, self._fps, self.n_frames = Path(path), float(fps), 0
         return True
 
     def stop(self) -> Path | None:
-        """Close the file; returns its path if any frame was written."""
-        path, written = self._path, self._writer is not None and self.n_frames > 0
-        if self._writer is not None:
-            self._writer.release()
-        self._path, self._writer = None, None
+        """Finish the file; returns its path if any frame was written."""
+        path, written = self._path, self._container is not None and self.n_frames > 0
+        if self._container is not None:
+            for packet in self._stream.encode():  # flush the encoder
+                self._container.mux(packet)
+            self._container.close()
+        self._path, self._container, self._stream = None, None, None
         return path if written else None
 
     def _grab(self):
@@ -58,18 +64,19 @@ class VideoRecorder(gym.Wrapper):
         if frame is None:
             raise RuntimeError("VideoRecorder needs an env created with render_mode='rgb_array'")
         frame = np.ascontiguousarray(frame, dtype=np.uint8)
-        import cv2
+        import av
 
-        if self._writer is None:
+        if self._container is None:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             h, w = frame.shape[:2]
-            writer = cv2.VideoWriter(str(self._path), cv2.VideoWriter_fourcc(*"mp4v"), self._fps, (w, h))
-            if not writer.isOpened():
-                warnings.warn(f"cv2.VideoWriter could not open {self._path} with codec 'mp4v'; video skipped")
-                self._path = None
-                return
-            self._writer = writer
-        self._writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))  # OpenCV wants BGR
+            self._container = av.open(str(self._path), "w")
+            self._stream = self._container.add_stream(CODEC, rate=round(self._fps))
+            # yuv420p halves the chroma resolution: H.264 wants even sides
+            self._stream.width, self._stream.height = w - w % 2, h - h % 2
+            self._stream.pix_fmt = "yuv420p"
+        frame = frame[:self._stream.height, :self._stream.width]
+        for packet in self._stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            self._container.mux(packet)
         self.n_frames += 1
 
     def reset(self, **kwargs):

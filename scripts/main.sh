@@ -8,6 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 OUT=${OUT:-runs/main-$(date +%Y%m%d-%H%M%S)}
-.venv/bin/python scripts/train.py out_dir="$OUT" "$@"
-.venv/bin/python scripts/eval.py --checkpoint "$OUT/checkpoints/latest.pt" --steps 1 2 4 8 16 \
+.venv/bin/shortcut-train out_dir="$OUT" "$@"
+.venv/bin/shortcut-eval --checkpoint "$OUT/checkpoints/latest.pt" --num-inference-steps 1 2 4 8 16 \
   --episodes 50 --out "$OUT/eval.json"

@@ -16,4 +16,4 @@ fi
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[pusht,data,deploy,dev]"
 .venv/bin/python -m pip install -q --no-deps "robomimic==0.3.0" "termcolor>=2"
-.venv/bin/python -c "import torch, shortcut_policy, envs, gym_pusht; print('shortcut-policy ready: torch', torch.__version__)"
+.venv/bin/python -c "import torch, shortcut_policy, shortcut_policy.envs, gym_pusht; print('shortcut-policy ready: torch', torch.__version__)"

@@ -1,11 +1,18 @@
-"""Checkpoints: one file holds the run config, the weights (online, EMA, teacher EMA), the optimizer
-and the RNG state, so a run resumes at the exact step and a policy is rebuilt from the file alone.
+"""Checkpoints, two files per save:
+
+- ``<name>.pt``, the training state: the run config, the weights (online, EMA, teacher EMA), the
+  optimizer and the RNG state, so a run resumes at the exact step (``torch.load(weights_only=True)``:
+  nothing is unpickled);
+- ``<name>.safetensors``, the inference file: the EMA weights and the run config (shape_meta inside
+  the policy config) as safetensors metadata, a quarter of the size, readable without torch's
+  pickle format. ``ShortcutPolicy.from_checkpoint`` takes either.
 
 Writes are atomic (temporary file in the same folder, fsync, rename): a crash mid-write never
-leaves a truncated checkpoint behind. Loads use ``weights_only=True``: nothing is unpickled.
+leaves a truncated checkpoint behind; files get the permissions of the umask (group-readable).
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,10 +22,11 @@ import torch
 from .utils import atomic_path
 
 FORMAT = "shortcut-policy/1"
+WEIGHTS_FORMAT = "shortcut-policy-weights/1"
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A checkpoint is missing, truncated, of another format or does not fit its config (the message says which)."""
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -29,6 +37,43 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
         f.flush()
         os.fsync(f.fileno())
     return path
+
+
+def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], config: dict[str, Any], step: int,
+                 weights: str = "ema") -> Path:
+    """Atomically write the inference file: ``state_dict`` tensors and the run config (safetensors)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    meta = {"format": WEIGHTS_FORMAT, "config": json.dumps(config), "step": str(int(step)), "weights": weights}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read an inference file: {"config", "step", "weights", "state_dict"}; clear errors otherwise."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            state_dict = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"cannot read {path} as safetensors (truncated or another format?): {e}") from e
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise CheckpointError(f"{path} is not a shortcut-policy weights file (format {meta.get('format')!r}, "
+                              f"expected {WEIGHTS_FORMAT!r})")
+    try:
+        config = json.loads(meta["config"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: its config metadata is missing or not JSON ({e})") from e
+    return {"config": config, "step": int(meta.get("step", -1)), "weights": meta.get("weights", "ema"),
+            "state_dict": state_dict}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -70,15 +115,28 @@ def load_state_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tenso
 
 def load_trained(module_factory, path: str | Path, config_key: str, weights: str = "ema",
                  device: str | torch.device = "cpu", other_kind: str = "another kind of model"):
-    """Rebuild a trained model from its checkpoint alone (policy, image model, ...).
+    """Rebuild a trained model from its checkpoint alone (policy, image model, ...): a training state
+    (``.pt``) or an inference file (``.safetensors``, which holds the EMA weights only).
 
     ``module_factory(config[config_key])`` builds the untrained module; the EMA (default) or online
     weights are loaded strictly. Returns ``(module in eval mode, run config)``: the whole stored
     config (task, training command, ...) with ``run["checkpoint"] = {"path", "step", "weights"}``
     added, so evaluators can report it next to their numbers.
     """
-    state = load_checkpoint(path, map_location=device)
-    cfg = state["config"]
+    if weights not in ("ema", "online"):
+        raise ValueError(f"weights must be 'ema' or 'online', got {weights!r}")
+    if Path(path).suffix == ".safetensors":
+        w = load_weights(path, device)
+        if weights != w["weights"]:
+            raise CheckpointError(f"{path} holds the {w['weights']} weights only; the {weights} weights are in the "
+                                  "training state (.pt)")
+        cfg, step, sd = w["config"], w["step"], w["state_dict"]
+    else:
+        state = load_checkpoint(path, map_location=device)
+        cfg, step = state["config"], state["step"]
+        if weights == "ema" and not state.get("ema"):
+            raise CheckpointError(f"{path} has no EMA weights; use weights='online'")
+        sd = state["ema"]["module"] if weights == "ema" else state["model"]
     if config_key not in cfg:
         raise CheckpointError(f"{path} holds no {config_key!r} (is it a checkpoint of {other_kind}?)")
     try:
@@ -86,14 +144,6 @@ def load_trained(module_factory, path: str | Path, config_key: str, weights: str
     except ValueError as e:
         raise CheckpointError(f"{path}: its {config_key} does not build a model with this version of the "
                               f"package: {e}") from e
-    if weights == "ema":
-        if not state.get("ema"):
-            raise CheckpointError(f"{path} has no EMA weights; use weights='online'")
-        sd = state["ema"]["module"]
-    elif weights == "online":
-        sd = state["model"]
-    else:
-        raise ValueError(f"weights must be 'ema' or 'online', got {weights!r}")
     load_state_strict(module, sd, f"checkpoint {path} ({weights} weights)")
-    run = {**cfg, "checkpoint": {"path": str(path), "step": int(state["step"]), "weights": weights}}
+    run = {**cfg, "checkpoint": {"path": str(path), "step": int(step), "weights": weights}}
     return module.to(device).eval(), run

@@ -6,21 +6,12 @@ Numpy only (a robot computer running an ONNX export has no torch): on CUDA, pass
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-
-class Clock(Protocol):
-    def now(self) -> float:
-        """Seconds on a monotonic clock."""
-
-
-class PerfClock:
-    def now(self) -> float:
-        return time.perf_counter()
+from .deploy.clocks import Clock, RealClock
 
 
 def measure_latency(fn: Callable[[], Any], iters: int = 100, warmup: int = 10, max_seconds: float | None = None,
@@ -31,7 +22,7 @@ def measure_latency(fn: Callable[[], Any], iters: int = 100, warmup: int = 10, m
     ``max_seconds`` caps slow cases (at least 5 calls are timed); ``clock`` replaces the wall clock
     (tests use a fake one); ``sync`` is called before and after each timed call.
     """
-    clock = clock or PerfClock()
+    clock = clock or RealClock(spin_s=0.0)
     for _ in range(warmup):
         fn()
     times = []

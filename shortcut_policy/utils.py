@@ -59,6 +59,9 @@ def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Pa
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp / mkdtemp (and some writers) make 0600 / 0700: give the result the permissions of a
+        # plain open / mkdir under the umask, so a group can read the runs it shares
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
         if directory and path.exists():  # a folder cannot replace a non-empty one: move the old one aside
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -88,3 +91,9 @@ def resolve_device(name: str):
         return torch.device(name)
     except RuntimeError as e:
         raise ValueError(f"unknown device {name!r} (auto, cpu, cuda, cuda:1, mps): {e}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -79,7 +79,7 @@ def test_obs_layout_and_reset_passthrough():
     obs, _ = env.reset(seed=3)
     assert {k: s.shape for k, s in env.observation_space.items()} == {"keypoint": (9, 2), "agent_pos": (2,)}
     assert obs["keypoint"].dtype == np.float32 and env.observation_space.contains(obs)
-    u = env.unwrapped
+    u = env.sim
     state = np.array([*u.agent.position, *u.block.position, u.block.angle])
     np.testing.assert_allclose(obs["keypoint"], keypoints_from_state(state), atol=1e-3)
     np.testing.assert_allclose(obs["agent_pos"], state[:2], atol=1e-4)
@@ -185,24 +185,55 @@ def test_runner_rejects_bad_actions_and_names():
     assert runner.observation_shapes() == {"keypoint": ((9, 2), np.float32), "agent_pos": ((2,), np.float32)}
 
 
-def test_video_written(tmp_path):
+def test_video_written_as_h264(tmp_path):
     _gym_pusht()
-    pytest.importorskip("cv2")
+    av = pytest.importorskip("av")
     runner = make_runner("pusht_keypoints", max_episode_steps=8, seeds=[0, 1], render_size=96)
     runner.run(toward_block, progress=False, video_dir=tmp_path, n_videos=1)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["pusht_keypoints_ep000_seed0.mp4"]
-    import cv2
+    with av.open(str(tmp_path / files[0])) as c:
+        stream = c.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"  # plays in browsers
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(stream)]
+    assert len(frames) == 9 and frames[0].shape == (96, 96, 3)  # the reset frame + one per env step
 
-    cap = cv2.VideoCapture(str(tmp_path / files[0]))
-    n_frames, shape = 0, None
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        n_frames, shape = n_frames + 1, frame.shape
-    cap.release()
-    assert n_frames == 9 and shape == (96, 96, 3)  # the reset frame + one per env step
+
+def test_registered_env_and_wrappers_pass_gymnasium_check_env():
+    _gym_pusht()
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    from shortcut_policy.envs.multistep import MultiStepWrapper
+    from shortcut_policy.envs.pusht import ENV_ID
+    from shortcut_policy.envs.video import VideoRecorder
+
+    env = gym.make(ENV_ID, disable_env_checker=True)
+    check_env(env.unwrapped, skip_render_check=True)
+    check_env(MultiStepWrapper(VideoRecorder(env.unwrapped), n_obs_steps=2, n_action_steps=8, max_episode_steps=50),
+              skip_render_check=True)
+
+
+def test_declared_observation_bounds_hold():
+    """Random and scripted play, and every dataset frame, stay inside the declared Dict observation space."""
+    _gym_pusht()
+    from shortcut_policy.envs.pusht import PushTKeypointsEnv
+
+    env = PushTKeypointsEnv()
+    rng = np.random.default_rng(0)
+    for seed in range(4):
+        obs, _ = env.reset(seed=seed)
+        assert env.observation_space.contains(obs)
+        for _ in range(120):
+            obs, *_ = env.step(rng.uniform(0, 512, size=2) if rng.random() < 0.5 else np.array([5.0, 5.0]))
+            assert env.observation_space.contains(obs), obs
+    import zarr
+
+    root = zarr.open_group(str(Path(__file__).resolve().parents[1] / "datasets/pusht_lowdim.zarr"), mode="r")
+    kp, state = root["data/keypoint"][...], root["data/state"][...]
+    box = env.observation_space
+    assert box["keypoint"].low.min() <= kp.min() and kp.max() <= box["keypoint"].high.max()
+    assert box["agent_pos"].low.min() <= state[:, :2].min() and state[:, :2].max() <= box["agent_pos"].high.max()
 
 
 def test_missing_gym_pusht_error(monkeypatch):

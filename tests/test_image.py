@@ -322,16 +322,16 @@ def test_scripts_sample_and_eval(tmp_path):
                                 log=False)
     save_classifier(tmp_path / "clf.pt", clf, acc, {})
     repo = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, str(repo / "scripts" / "sample_image.py"), "--checkpoint", str(ckpt), "--steps",
+    subprocess.run([sys.executable, str(repo / "scripts" / "sample_image.py"), "--checkpoint", str(ckpt), "--num-inference-steps",
                     "1", "2", str(M), "--rows", "1", "--interp-points", "3", "--out", str(tmp_path / "grids")],
                    check=True, cwd=repo)
     assert {p.name for p in (tmp_path / "grids").iterdir()} == {"steps1.png", "steps2.png", f"steps{M}.png",
                                                                  "steps.png", "interp.png"}
     res_path = tmp_path / "results" / "toy-shortcut.json"
     subprocess.run([sys.executable, str(repo / "scripts" / "eval_image.py"), "--checkpoint", str(ckpt),
-                    "--classifier", str(tmp_path / "clf.pt"), "--steps", "1", "2", "--n-samples", "16",
+                    "--classifier", str(tmp_path / "clf.pt"), "--num-inference-steps", "1", "2", "--n-samples", "16",
                     "--task", "toy", "--out", str(res_path)], check=True, cwd=repo)
     res = json.loads(res_path.read_text())
-    assert res["task"] == "toy" and res["method"] == "shortcut" and res["train_steps"] == 2
+    assert res["kind"] == "image" and res["task"] == "toy" and res["method"] == "shortcut" and res["train_steps"] == 2
     assert set(res["steps"]) == {"1", "2"} and all("fd" in v and "accuracy" in v for v in res["steps"].values())
     assert (tmp_path / "results" / "toy.png").is_file()

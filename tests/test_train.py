@@ -164,7 +164,7 @@ def test_tiny_pusht_train_then_evaluate(tmp_path):
            "policy": {"net": "unet1d", "net_kwargs": {"down_dims": [16, 32, 64], "emb_dim": 32}},
            "objective": {"kind": "shortcut", "max_inference_steps": 8, "parameterization": "endpoint"},
            "train": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "log_every": 2, "progress": False},
-           "eval": {"episodes": 2, "steps": [1]}, "out_dir": str(tmp_path)}
+           "eval": {"episodes": 2, "num_inference_steps": [1]}, "out_dir": str(tmp_path)}
     out_dir, metrics = run_training(run)
     assert 0.0 <= metrics["eval/score@1"] <= 1.0
     policy, stored = ShortcutPolicy.from_checkpoint(out_dir / "checkpoints/latest.pt")
@@ -192,3 +192,61 @@ def test_tiny_pusht_train_then_evaluate(tmp_path):
     assert d["ref_steps"] == {"tiny": 8}
     assert d["demo_roughness"]["tiny"] > 0.0  # the demonstrations' own jitter, the yardstick for "roughness"
     assert d["steps"]["8"]["tiny"]["to_ref"] == 0.0 and d["steps"]["1"]["tiny"]["spread"] >= 0.0
+
+
+def test_inference_file_best_checkpoint_and_permissions(tmp_path):
+    """Every save writes the slim inference file (EMA weights + config, safetensors) beside the training
+    state; the best evaluated checkpoint is kept beside the latest; files follow the umask."""
+    import os
+    import stat
+
+    from shortcut_policy.checkpoint import load_weights
+
+    p, ds, run = make()
+    scores = iter([0.2, 0.7, 0.5])  # evaluated at steps 2, 4 and 6: the best is step 4
+    evaluate = lambda policy, step: {"eval/score@1": next(scores)}  # noqa: E731
+    old = os.umask(0o022)
+    try:
+        train(p, ds, tcfg(6, eval_every=2), tmp_path, run, evaluate=evaluate, select=("eval/score@1", "max"))
+    finally:
+        os.umask(old)
+    ck = tmp_path / "checkpoints"
+    assert sorted(f.name for f in ck.iterdir()) == ["best.pt", "best.safetensors", "latest.pt", "latest.safetensors"]
+    assert load_checkpoint(ck / "best.pt")["step"] == 4 and load_checkpoint(ck / "latest.pt")["best"]["step"] == 4
+    assert load_weights(ck / "best.safetensors")["step"] == 4
+    assert (ck / "latest.safetensors").stat().st_size < 0.4 * (ck / "latest.pt").stat().st_size
+    for f in ck.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f  # group- and world-readable under umask 022
+    # the inference file rebuilds the same policy as the training state
+    a, run_a = ShortcutPolicy.from_checkpoint(ck / "latest.safetensors")
+    b, _ = ShortcutPolicy.from_checkpoint(ck / "latest.pt")
+    obs = {"state": torch.randn(3, 2, 5)}
+    torch.testing.assert_close(a.predict_action_chunk(obs, 2, torch.Generator().manual_seed(0)),
+                               b.predict_action_chunk(obs, 2, torch.Generator().manual_seed(0)))
+    assert run_a["checkpoint"]["step"] == 6 and run_a["task"] == {"name": "toy"}
+    with pytest.raises(CheckpointError, match="holds the ema weights only"):
+        ShortcutPolicy.from_checkpoint(ck / "latest.safetensors", weights="online")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="cannot read .* as safetensors"):
+        ShortcutPolicy.from_checkpoint(tmp_path / "bad.safetensors")
+
+
+def test_logger_sends_rollout_videos_to_wandb_as_videos(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from shortcut_policy.train.logger import RunLogger
+
+    logged = []
+    fake = types.SimpleNamespace(
+        init=lambda **kw: types.SimpleNamespace(log=lambda m, step: logged.append((step, m)), finish=lambda: None),
+        Video=lambda path, format: ("video", path, format))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    log = RunLogger(tmp_path, {"a": 1}, wandb_mode="offline")
+    log.log({"eval/score@1": 0.5, "eval/video@1/0": str(tmp_path / "ep0.mp4")}, step=10)
+    log.close()
+    assert logged == [(10, {"eval/score@1": 0.5, "eval/video@1/0": ("video", str(tmp_path / "ep0.mp4"), "mp4")})]
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["eval/video@1/0"].endswith("ep0.mp4")
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: a clear error, not a traceback from inside
+    with pytest.raises(ImportError, match=r"pip install 'shortcut-policy\[wandb\]'"):
+        RunLogger(tmp_path, {}, wandb_mode="offline")

@@ -14,6 +14,9 @@ from torch import nn
 
 
 class EMA:
+    """An exponential moving average of ``model``'s parameters (buffers are copied): ``module`` holds the
+    averaged copy; ``update(model)`` after each optimizer step; ``state_dict`` / ``load_state_dict`` resume it."""
+
     def __init__(self, model: nn.Module, max_decay: float = 0.9999, power: float = 0.75, warmup: bool = True):
         if not 0.0 <= max_decay < 1.0:
             raise ValueError(f"max_decay must be in [0, 1), got {max_decay}")

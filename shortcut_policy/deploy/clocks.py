@@ -7,6 +7,8 @@ from typing import Protocol
 
 
 class Clock(Protocol):
+    """What the loop needs of a clock: the time, and a wait until a deadline."""
+
     def now(self) -> float:
         """Seconds on a monotonic clock."""
 

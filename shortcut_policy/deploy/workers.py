@@ -15,6 +15,8 @@ ActFn = Callable[[dict[str, np.ndarray]], np.ndarray]  # {key: (1, n_obs_steps, 
 
 @dataclass
 class ChunkRequest:
+    """An observation history sent to the policy at ``obs_tick`` (its action 0 is due then), with its deadline."""
+
     seq: int
     obs: dict[str, np.ndarray]  # {key: (1, n_obs_steps, *shape)}
     obs_tick: int  # action 0 of the answer is due at this tick
@@ -24,6 +26,8 @@ class ChunkRequest:
 
 @dataclass
 class ChunkResult:
+    """The chunk a request produced and when it was ready."""
+
     request: ChunkRequest
     actions: np.ndarray  # (n_action_steps, action_dim)
     done_time: float

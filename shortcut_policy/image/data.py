@@ -21,6 +21,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 class ImageDataError(ValueError):
+    """An image dataset is missing, malformed or of the wrong shape (the message names the file and key)."""
     pass
 
 

@@ -22,6 +22,10 @@ from .config import ImageModelConfig
 
 
 class ShortcutImageModel(nn.Module):
+    """A class-conditional DiT trained and sampled by the core objective and sampler (module doc):
+    ``compute_loss(batch, teacher)`` with batch {"image": (B, C, H, W) in [-1, 1], "label": (B,)}, and
+    ``sample(n, num_inference_steps, labels, cfg_scale, generator, noise)``."""
+
     def __init__(self, cfg: ImageModelConfig):
         super().__init__()
         self.cfg = cfg

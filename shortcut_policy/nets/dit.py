@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import nn
 
 from shortcut_policy.core.embeddings import TimeStepEmbedding
@@ -112,17 +113,12 @@ class DiT(nn.Module):
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, C p p), tokens in row-major patch order."""
-        B, C, _, _ = x.shape
-        p, (gh, gw) = self.patch_size, self.grid
-        x = x.reshape(B, C, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5)  # (B, gh, gw, C, p, p)
-        return x.reshape(B, gh * gw, C * p * p)
+        return rearrange(x, "b c (gh p1) (gw p2) -> b (gh gw) (c p1 p2)", p1=self.patch_size, p2=self.patch_size)
 
     def unpatchify(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C p p) -> (B, C, H, W), the inverse of ``patchify``."""
-        B = tokens.shape[0]
-        p, (gh, gw), C = self.patch_size, self.grid, self.in_channels
-        x = tokens.reshape(B, gh, gw, C, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, gh, p, gw, p)
-        return x.reshape(B, C, gh * p, gw * p)
+        return rearrange(tokens, "b (gh gw) (c p1 p2) -> b c (gh p1) (gw p2)", gh=self.grid[0], gw=self.grid[1],
+                         p1=self.patch_size, p2=self.patch_size)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor | None,
                 labels: torch.Tensor | None = None) -> torch.Tensor:

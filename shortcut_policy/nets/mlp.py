@@ -24,6 +24,8 @@ class _Block(nn.Module):
 
 
 class MLPVelocity(nn.Module):
+    """A small MLP velocity network for low-dimensional data (the 2-D toy): (x (B, D), t, d, cond) -> (B, D)."""
+
     def __init__(self, dim: int, cond_dim: int = 0, width: int = 256, depth: int = 3, emb_dim: int = 128,
                  d_embedding: str = "log2", max_inference_steps: int = 128):
         super().__init__()

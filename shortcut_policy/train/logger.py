@@ -12,6 +12,9 @@ WANDB_MODES = ("disabled", "offline", "online")
 
 
 class RunLogger:
+    """Writes ``out_dir/metrics.jsonl`` (one JSON object per ``log``) and mirrors it to wandb when
+    ``wandb_mode`` is "offline" or "online" (default "disabled": no wandb at all)."""
+
     def __init__(self, out_dir: str | Path, config: dict[str, Any], wandb_mode: str = "disabled",
                  project: str = "shortcut-policy", name: str | None = None, enabled: bool = True):
         if wandb_mode not in WANDB_MODES:
@@ -34,12 +37,18 @@ class RunLogger:
                                      dir=str(out_dir), resume="allow")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Append ``metrics`` to metrics.jsonl; with wandb on, log them there too (values that name an
+        .mp4 file, e.g. an evaluation rollout, as videos)."""
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         if self._wandb is not None:
-            self._wandb.log(metrics, step=step)
+            import wandb
+
+            logged = {k: (wandb.Video(v, format="mp4") if isinstance(v, str) and v.endswith(".mp4") else v)
+                      for k, v in metrics.items()}
+            self._wandb.log(logged, step=step)
 
     def close(self) -> None:
         if self._wandb is not None:

@@ -25,13 +25,18 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from ..core.ema import EMA
-from ..checkpoint import load_checkpoint, load_state_strict, save_checkpoint
+from ..checkpoint import load_checkpoint, load_state_strict, save_checkpoint, save_weights
 from ..utils import resolve_device
 from .logger import RunLogger
 
 
 @dataclass
 class TrainConfig:
+    """The optimizer, schedule, EMA, logging, checkpoint and device settings of a run (``train.*``).
+
+    ``steps`` counts optimizer steps (not network calls per chunk, not environment steps).
+    """
+
     steps: int = 4000
     batch_size: int = 128
     lr: float = 1e-4
@@ -109,12 +114,16 @@ def validation_loss(model, dataset: Dataset, batch_size: int, device: torch.devi
 def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | Path,
           run_config: dict[str, Any], teacher_ema_decay: float | None = None, val_dataset: Dataset | None = None,
           evaluate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
-          resume: bool = True) -> dict[str, Any]:
+          select: tuple[str, str] | None = None, resume: bool = True) -> dict[str, Any]:
     """Train ``model`` for ``cfg.steps`` optimizer steps; returns the final metrics.
 
     ``run_config`` (plain data) is stored in every checkpoint so the model can be rebuilt.
     ``evaluate(ema_model, step)`` runs closed-loop evaluation every ``cfg.eval_every`` steps and at
-    the end. With ``resume``, an existing ``out_dir/checkpoints/latest.pt`` is continued.
+    the end, after the checkpoint of that step is written (a failing evaluation loses nothing);
+    ``select = (metric, "max" | "min")`` keeps the best evaluated checkpoint as ``checkpoints/best.*``
+    beside ``latest.*``. Each save writes the training state (``.pt``) and the inference file
+    (``.safetensors``: EMA weights and config). With ``resume``, an existing
+    ``out_dir/checkpoints/latest.pt`` is continued.
     """
     is_main = True  # rank 0 of a distributed run
     out_dir = Path(out_dir)
@@ -129,7 +138,9 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
     # the consistency targets' teacher: the online weights (None), or an EMA at a constant decay from step 0
     teacher_ema = EMA(model, max_decay=teacher_ema_decay, warmup=False) if teacher_ema_decay is not None else None
 
-    start = 0
+    if select is not None and select[1] not in ("max", "min"):
+        raise ValueError(f"select must be (metric, 'max' | 'min'), got {select!r}")
+    start, best = 0, None
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, map_location=device)
         load_state_strict(model, state["model"], f"checkpoint {ckpt_path} (model)")
@@ -141,19 +152,21 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
         start = int(state["step"])
+        best = state.get("best")
         print(f"resuming {ckpt_path} at step {start}")
 
     logger = RunLogger(out_dir, run_config, wandb_mode=cfg.wandb, project=cfg.wandb_project,
                        name=out_dir.name, enabled=is_main)
 
-    def checkpoint(step: int, metrics: dict[str, Any]) -> None:
+    def checkpoint(step: int, metrics: dict[str, Any], path: Path = ckpt_path) -> None:
         if not is_main:
             return
-        save_checkpoint(ckpt_path, {
+        save_checkpoint(path, {
             "config": run_config, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
             "teacher_ema": teacher_ema.state_dict() if teacher_ema is not None else None,
             "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "metrics": metrics,
-            "train_config": dataclasses.asdict(cfg)})
+            "train_config": dataclasses.asdict(cfg), "best": best})
+        save_weights(path.with_suffix(".safetensors"), ema.module.state_dict(), run_config, step)
 
     metrics: dict[str, Any] = {}
     bar = None
@@ -193,12 +206,19 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
             logger.log(metrics, done)
             if bar is not None:
                 bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", refresh=False)
-        if evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps):
+        evaluating = evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or evaluating:
+            checkpoint(done, metrics)
+        if evaluating:
             ev = evaluate(ema.module, done)
             metrics.update(ev)
             logger.log(ev, done)
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            checkpoint(done, metrics)
+            if select is not None and select[0] in ev:
+                value = float(ev[select[0]])
+                if best is None or (value > best["value"] if select[1] == "max" else value < best["value"]):
+                    best = {"metric": select[0], "value": value, "step": done}
+                    checkpoint(done, metrics, ckpt_path.with_name("best.pt"))
+                    checkpoint(done, metrics)  # latest records the best so far (exact resume of the selection)
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -6,8 +6,9 @@ Run config layout (``configs/train.yaml``):
     policy:    net, net_kwargs, obs_encoder
     objective: the objective's config (core.config: kind shortcut | flow | ddpm | ddim)
     train:     TrainConfig fields
-    eval:      {episodes: int, steps: [..]}  periodic evaluation during training (closed loop when the
-               task has a simulator, offline on the validation episodes otherwise)
+    eval:      {episodes: int, num_inference_steps: [..]}  periodic evaluation during training (closed
+               loop when the task has a simulator, offline on the validation episodes otherwise); the best
+               evaluated checkpoint is kept as checkpoints/best.* beside latest.*
     out_dir
 """
 from __future__ import annotations
@@ -33,9 +34,12 @@ def policy_config_from_run(run: dict[str, Any], shape_meta: ShapeMeta) -> Policy
                                    "objective": dict(run["objective"])})
 
 
-def make_evaluator(task: TaskConfig, episodes: int, steps: list[int], val_dataset=None):
+def make_evaluator(task: TaskConfig, episodes: int, steps: list[int], val_dataset=None, videos: int = 0,
+                   video_dir: Path | None = None):
     """``evaluate(policy, step) -> metrics``: closed loop on ``episodes`` seeded episodes when the task
-    has a simulator, else offline (action error on ``episodes`` validation windows)."""
+    has a simulator (the first ``videos`` episodes recorded as H.264 mp4 under ``video_dir``/step<k>,
+    their paths in the metrics, which wandb logs as videos), else offline (action error on
+    ``episodes`` validation windows)."""
     if task.simulated:
         runner = None
 
@@ -44,10 +48,13 @@ def make_evaluator(task: TaskConfig, episodes: int, steps: list[int], val_datase
             runner = runner or make_runner(task, policy.shape_meta, n_episodes=episodes)
             out = {}
             for s in steps:
-                res = runner.run(policy.act_fn(s), progress=False)
+                vd = video_dir / f"step{step}" / f"calls{s}" if videos else None
+                res = runner.run(policy.act_fn(s), progress=False, video_dir=vd, n_videos=videos)
                 out[f"eval/score@{s}"] = res.score
                 out[f"eval/success@{s}"] = res.success
-            print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in out.items()))
+                if vd is not None:
+                    out.update({f"eval/video@{s}/{i}": str(p) for i, p in enumerate(sorted(vd.glob("*.mp4")))})
+            print(f"step {step}: " + ", ".join(f"{k}={v:.3f}" for k, v in out.items() if "video" not in k))
             return out
         return evaluate
     from ..eval.offline import offline_eval
@@ -76,14 +83,18 @@ def run_training(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
           f"({n_params / 1e6:.2f}M parameters), objective {pcfg.objective.kind}, out_dir {out_dir}")
 
     ev = run.get("eval") or {}
-    evaluate = None
+    evaluate, select = None, None
     if ev.get("episodes", 0) > 0:
-        evaluate = make_evaluator(task, ev["episodes"], [int(s) for s in ev.get("steps", [1])], val)
+        counts = [int(s) for s in ev.get("num_inference_steps", [1])]
+        evaluate = make_evaluator(task, ev["episodes"], counts, val, videos=int(ev.get("videos", 0)),
+                                  video_dir=out_dir / "videos")
+        # the best checkpoint: highest closed-loop score, or lowest offline action error, at the first count
+        select = (f"eval/score@{counts[0]}", "max") if task.simulated else (f"eval/action_mse@{counts[0]}", "min")
 
     full = {**run, "task": dataclasses.asdict(task), "policy_config": pcfg.to_dict(),
             "train": dataclasses.asdict(train_cfg), "provenance": run.get("provenance") or provenance()}
     metrics = train(policy, dataset, train_cfg, out_dir, full, teacher_ema_decay=teacher_ema_decay(pcfg.objective),
-                    val_dataset=val, evaluate=evaluate, resume=run.get("resume", True))
+                    val_dataset=val, evaluate=evaluate, select=select, resume=run.get("resume", True))
     return out_dir, metrics
 
 

@@ -1,0 +1,143 @@
+"""Objective configs: one typed config per kind, and ``make_objective`` to build the objective from one.
+
+    kind        config            objective            samplers
+    shortcut    ShortcutConfig    ShortcutObjective    shortcut (1 .. M network calls)
+    flow        FlowConfig        ShortcutObjective    flow (Euler with d fixed at 1/M)
+    ddpm, ddim  DiffusionConfig   DiffusionObjective   ddpm, ddim (the same trained network)
+
+Hydra composes them from ``configs/objective/*.yaml``; ``objective_config(d)`` checks a plain dict and
+names what to fix (an unknown field, a field of another kind). Every option here has a measurement
+behind it (docs/pusht.md); options whose results lost were removed, and the docs keep the numbers.
+M, the number of smallest steps (d = 1/M), is ``max_inference_steps``: the most network calls per
+chunk the model is trained for.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Union
+
+from .schedule import check_max_steps
+
+KINDS = ("shortcut", "flow", "ddpm", "ddim")
+PARAMETERIZATIONS = ("velocity", "endpoint")
+
+
+@dataclass
+class FlowConfig:
+    """Plain flow matching: t on the grid {0, 1/M, ..., (M-1)/M}, the network ignores d.
+
+    parameterization: what the network returns: "velocity" (x1 - x0) or "endpoint" (the data
+    estimate x^ at t = 1; velocity (x^ - x_t) / (1 - t), loss on x^).
+    """
+    KINDS: ClassVar[tuple[str, ...]] = ("flow",)
+    kind: str = "flow"
+    max_inference_steps: int = 128
+    parameterization: str = "velocity"
+
+    def __post_init__(self):
+        _check_kind(self, self.KINDS)
+        try:
+            check_max_steps(self.max_inference_steps)
+        except ValueError as e:
+            raise ValueError(f"objective.max_inference_steps: {e}") from None
+        if self.parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"objective.parameterization must be one of {PARAMETERIZATIONS}, "
+                             f"got {self.parameterization!r}")
+
+
+@dataclass
+class ShortcutConfig(FlowConfig):
+    """Flow matching plus self-consistency (Frans et al. 2025): the network sees d too.
+
+    consistency_fraction: share of each batch trained on two-half-jump targets (the paper's 1/4).
+    consistency_weight: loss weight of a consistency example relative to a flow example (PushT:
+        4 beats 1 at one call, docs/pusht.md).
+    teacher: who builds the consistency targets: "online" (current weights, no-grad) or "ema" (an
+        exponential moving average with ``teacher_ema_decay``, the reference's choice; it collapsed
+        on PushT at every budget measured, kept for the teacher measurements still to come).
+    """
+    KINDS: ClassVar[tuple[str, ...]] = ("shortcut",)
+    kind: str = "shortcut"
+    max_inference_steps: int = 16
+    consistency_fraction: float = 0.25
+    consistency_weight: float = 4.0
+    teacher: str = "online"
+    teacher_ema_decay: float = 0.999
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 < self.consistency_fraction < 1.0:
+            raise ValueError("objective.consistency_fraction must be in (0, 1) for kind=shortcut "
+                             f"(use objective=flow for 0), got {self.consistency_fraction}")
+        if not self.consistency_weight > 0:
+            raise ValueError(f"objective.consistency_weight must be positive, got {self.consistency_weight}")
+        if self.teacher not in ("online", "ema"):
+            raise ValueError(f"objective.teacher must be 'online' or 'ema', got {self.teacher!r}")
+        if not 0.0 < self.teacher_ema_decay < 1.0:
+            raise ValueError(f"objective.teacher_ema_decay must be in (0, 1), got {self.teacher_ema_decay}")
+
+
+@dataclass
+class DiffusionConfig:
+    """Diffusion Policy's DDPM objective (epsilon prediction, squared-cosine schedule, x0 clipped to
+    [-1, 1]); kind "ddpm" samples with DDPM at ``num_train_timesteps`` calls by default, "ddim" with
+    deterministic DDIM (trailing spacing) at 10. The trained network serves both samplers."""
+    kind: str = "ddpm"
+    num_train_timesteps: int = 100
+
+    def __post_init__(self):
+        _check_kind(self, ("ddpm", "ddim"))
+        K = self.num_train_timesteps
+        if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+            raise ValueError(f"objective.num_train_timesteps must be a positive int, got {K!r}")
+
+
+ObjectiveConfig = Union[ShortcutConfig, FlowConfig, DiffusionConfig]
+_BY_KIND = {"shortcut": ShortcutConfig, "flow": FlowConfig, "ddpm": DiffusionConfig, "ddim": DiffusionConfig}
+
+
+def _check_kind(cfg, kinds: tuple[str, ...]) -> None:
+    if cfg.kind not in kinds:
+        raise ValueError(f"{type(cfg).__name__} is for kind {' / '.join(kinds)}, got kind {cfg.kind!r}")
+
+
+def objective_config(d: dict[str, Any] | ObjectiveConfig) -> ObjectiveConfig:
+    """The typed config of ``d["kind"]``; an unknown field, or a field of another kind, is named."""
+    if isinstance(d, (ShortcutConfig, FlowConfig, DiffusionConfig)):
+        return d
+    if not isinstance(d, dict):
+        raise ValueError(f"objective must be a mapping with a 'kind', got {d!r}")
+    kind = d.get("kind", "shortcut")
+    if kind not in _BY_KIND:
+        raise ValueError(f"objective.kind must be one of {KINDS}, got {kind!r}")
+    cls = _BY_KIND[kind]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        others = sorted({k for k, c in _BY_KIND.items() if set(unknown) <= {f.name for f in dataclasses.fields(c)}})
+        hint = f" (fields of kind {', '.join(others)})" if others else ""
+        raise ValueError(f"objective fields {unknown} do not apply to kind {kind!r}{hint}; "
+                         f"fields of {kind}: {sorted(known)}")
+    return cls(**d)
+
+
+def teacher_ema_decay(cfg: ObjectiveConfig) -> float | None:
+    """The EMA decay of the consistency targets' teacher, or None for the online teacher (and for
+    objectives without consistency targets)."""
+    return cfg.teacher_ema_decay if getattr(cfg, "teacher", "online") == "ema" else None
+
+
+def make_objective(cfg: ObjectiveConfig | dict[str, Any]):
+    """The objective of a config: ``loss(model, x1, cond, teacher, teacher_cond)``, ``sample(model, x0,
+    n, cond, generator, sampler)`` and what it knows of its own step counts and samplers."""
+    from .diffusion import DiffusionObjective
+    from .objective import ShortcutObjective
+
+    cfg = objective_config(cfg)
+    if isinstance(cfg, DiffusionConfig):
+        return DiffusionObjective(num_train_timesteps=cfg.num_train_timesteps, sampler=cfg.kind)
+    frac = cfg.consistency_fraction if isinstance(cfg, ShortcutConfig) else 0.0
+    weight = cfg.consistency_weight if isinstance(cfg, ShortcutConfig) else 1.0
+    return ShortcutObjective(cfg.max_inference_steps, frac, consistency_weight=weight,
+                             parameterization=cfg.parameterization)

@@ -1,0 +1,135 @@
+"""All episodes of an evaluation in lockstep, in one process, with one act_fn call per chunk.
+
+A suite subclasses ``LockstepRunner`` and only says how to build one single-step env
+(``make_env``, a Dict observation space of Boxes) and, if it differs from ``info["is_success"]``,
+what success means. Episodes run side by side: at each chunk boundary act_fn sees the batch of
+episodes still running, {key: (B, n_obs_steps, *shape)}, and finished episodes leave the batch. Each episode's env is
+seeded on reset and independent of the others, so results do not depend on the batch.
+"""
+from __future__ import annotations
+
+import abc
+import math
+import time
+from pathlib import Path
+from typing import Iterable
+
+import gymnasium as gym
+import numpy as np
+
+from .base import ActFn, EnvRunner, RolloutResult, check_n_videos, normalize_seeds
+from .multistep import MultiStepWrapper
+from .video import VideoRecorder
+
+
+class LockstepRunner(EnvRunner):
+    """Shared rollout loop; subclasses implement ``make_env`` and set ``action_dim``."""
+
+    name: str = "env"
+    fps: float = 10.0  # video frame rate (the env's control rate)
+
+    def __init__(self, n_obs_steps: int, n_action_steps: int, max_episode_steps: int, seeds: Iterable[int]):
+        for key, v in (("n_obs_steps", n_obs_steps), ("n_action_steps", n_action_steps),
+                       ("max_episode_steps", max_episode_steps)):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{key} must be a positive integer, got {v!r}")
+        self.n_obs_steps = int(n_obs_steps)
+        self.n_action_steps = int(n_action_steps)
+        self.max_episode_steps = int(max_episode_steps)
+        self.seeds = normalize_seeds(seeds)
+        self._envs: list[MultiStepWrapper] = []
+
+    @abc.abstractmethod
+    def make_env(self) -> gym.Env:
+        """One single-step env: a Dict observation space of Boxes, action (action_dim,), render_mode
+        'rgb_array', no time limit."""
+
+    def observation_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        space = self._env(0).env.observation_space  # the single-step env's (under MultiStepWrapper)
+        if not isinstance(space, gym.spaces.Dict):
+            raise TypeError(f"{type(self).__name__}.make_env must return an env with a Dict observation space "
+                            f"(one entry per shape_meta key), got {type(space).__name__}")
+        return {k: (tuple(b.shape), np.dtype(b.dtype)) for k, b in space.items()}
+
+    def episode_success(self, info: dict) -> bool:
+        return bool(info.get("is_success", False))
+
+    def reset_options(self, index: int, n_episodes: int) -> dict | None:
+        """Options for ``env.reset`` of episode ``index`` (of ``n_episodes``) in this run; None by default."""
+        return None
+
+    def _env(self, i: int) -> MultiStepWrapper:
+        # envs are reused across runs: reset(seed) rebuilds the simulation, so a pooled env is as good as a new one
+        while len(self._envs) <= i:
+            self._envs.append(
+                MultiStepWrapper(VideoRecorder(self.make_env()), self.n_obs_steps, self.n_action_steps,
+                                 self.max_episode_steps)
+            )
+        return self._envs[i]
+
+    def run(
+        self,
+        act_fn: ActFn,
+        seeds: Iterable[int] | None = None,
+        progress: bool = True,
+        video_dir: str | Path | None = None,
+        n_videos: int = 0,
+    ) -> RolloutResult:
+        seeds = normalize_seeds(self.seeds if seeds is None else seeds)
+        n = len(seeds)
+        n_vid = check_n_videos(n_videos, video_dir, seeds)
+        envs = [self._env(i) for i in range(n)]
+        obs: list[dict[str, np.ndarray]] = [{} for _ in range(n)]  # per episode {key: (To, *shape)}
+        scores = np.full(n, -np.inf)
+        successes = np.zeros(n, dtype=bool)
+        lengths = np.zeros(n, dtype=np.int64)
+        act_times: list[float] = []
+        recorders = [env.env for env in envs]  # the VideoRecorder under each MultiStepWrapper
+        bar = _progress_bar(progress, total=math.ceil(self.max_episode_steps / self.n_action_steps), desc=self.name)
+        try:
+            for i, seed in enumerate(seeds):
+                if i < n_vid:
+                    recorders[i].start(Path(video_dir) / f"{self.name}_ep{i:03d}_seed{seed}.mp4", self.fps)
+                obs[i], _ = envs[i].reset(seed=seed, options=self.reset_options(i, n))
+            active = list(range(n))
+            while active:
+                batch = {k: np.stack([obs[i][k] for i in active]) for k in obs[active[0]]}  # {k: (B, To, ...)}
+                t0 = time.perf_counter()
+                actions = act_fn(batch)
+                act_times.append(time.perf_counter() - t0)
+                actions = self.check_actions(actions, len(active))  # (B, n_action_steps, action_dim)
+                still_running = []
+                for j, i in enumerate(active):
+                    obs[i], reward, terminated, truncated, info = envs[i].step(actions[j])
+                    scores[i] = max(scores[i], reward)
+                    successes[i] |= self.episode_success(info)
+                    lengths[i] = envs[i].elapsed_steps
+                    if terminated or truncated:
+                        recorders[i].stop()
+                    else:
+                        still_running.append(i)
+                active = still_running
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(running=len(active))
+        finally:
+            for rec in recorders:
+                rec.stop()
+            if bar is not None:
+                bar.close()
+        return RolloutResult(seeds=seeds, scores=scores, successes=successes, lengths=lengths, act_times=act_times)
+
+    def close(self):
+        for env in self._envs:
+            env.close()
+        self._envs = []
+
+
+def _progress_bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a dependency, but a missing bar must not stop an evaluation
+        return None
+    return tqdm(total=total, desc=desc, unit="chunk", leave=False)

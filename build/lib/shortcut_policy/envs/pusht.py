@@ -1,0 +1,212 @@
+"""PushT with Diffusion Policy's low-dim observation, on gym-pusht's simulator.
+
+Observation, a dict of float32 arrays in pixels: ``keypoint`` (9, 2), the T block's 9 keypoints
+computed from the block pose, and ``agent_pos`` (2,), the agent position -- the arrays
+``data/keypoint`` and ``data/state[:, :2]`` of pusht_cchi_v7_replay.zarr (the task config
+``configs/task/pusht_lowdim.yaml`` names them). Not gym-pusht's own ``environment_state`` (8
+polygon corners, another layout).
+
+Reward and success are gym-pusht's, unchanged (checked in gym_pusht 0.1.8, envs/pusht.py
+``PushTEnv.step``): coverage = area(block ∩ goal) / area(goal), reward = clip(coverage / 0.95,
+0, 1), ``info["is_success"] = terminated = coverage > 0.95``; the episode ends on success.
+gym-pusht's registered 300-step TimeLimit is dropped: the runner's ``max_episode_steps`` is the limit.
+
+gym-pusht (and pygame, pymunk, shapely, opencv with it) is optional: ``pip install
+'shortcut-policy[pusht]'``. Only the environment classes import it; the keypoint maths is numpy.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from .lockstep import LockstepRunner
+
+# The 9 block keypoints in the block's body frame (pixels), rows = keypoints, columns = (x, y).
+# Diffusion Policy drew them at random inside the T mask (farthest-point sampling plus a small
+# random shift), so they exist only in its data; recovered here from pusht_cchi_v7_replay.zarr:
+#   local = R(angle)^T (keypoint - block_xy), with state = [ax, ay, bx, by, angle] and
+#   R(a) = [[cos a, -sin a], [sin a, cos a]] (pymunk's convention; the opposite sign of the
+#   angle leaves residuals of ~180 px), i.e. keypoint = R(angle) @ local + block_xy,
+#   with block_xy = pymunk's ``block.position`` (the body origin, not its centre of gravity).
+# The map is the median over all 25,650 frames, refined by the mean over the 19,648 frames that
+# agree with it to 1e-3 px. Reconstruction error (max over the 9 points): median 1.6e-5 px
+# (float32 round-off), < 1e-3 px on 99.86% of the 13,755 frames without agent-block contact, but
+# up to 2.2 px on frames with contact (n_contacts > 0): there the stored keypoints sit at a block
+# pose up to 1.1 px / 0.015 rad away from the stored state. They are still an exact rigid copy of
+# this map (a free per-frame rigid fit leaves 2.4e-5 px), so the map is exact and the offset is
+# in the data, confined to frames during or just after contact: most likely state and keypoints
+# were not taken at the same physics instant while the agent pushes. The env computes both from
+# one live pose, as Diffusion Policy's env did.
+BLOCK_KEYPOINTS_LOCAL = np.array(
+    [
+        [9.269787, 90.040974],
+        [-60.983472, -1.186730],
+        [60.912756, -1.393364],
+        [-0.270503, 25.543625],
+        [-14.064927, 122.815854],
+        [39.002739, 32.857404],
+        [-39.966414, 32.729656],
+        [-16.824344, 62.863179],
+        [23.541461, -1.700288],
+    ]
+)  # (9, 2)
+
+# The T's centre of gravity in its body frame (gym-pusht / Diffusion Policy ``add_tee``, scale 30):
+# the mean of the two bars' centroids (0, 15) and (0, 75).
+BLOCK_COG_LOCAL = np.array([0.0, 45.0])
+
+ACTION_DIM = 2
+# Keypoints lie up to 124 px from the block origin, which the arena walls keep inside [0, 512]:
+# they can leave the window by that much (seen: -3.2 to 512.6), so the declared box is wider.
+KEYPOINT_BOUNDS = (-128.0, 640.0)
+
+
+def _rot(angle: np.ndarray) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.stack([np.stack([c, -s], -1), np.stack([s, c], -1)], -2)  # (..., 2, 2)
+
+
+def _as_states(state, name: str = "state") -> np.ndarray:
+    arr = np.asarray(state, dtype=np.float64)
+    if arr.ndim == 0 or arr.shape[-1] != 5:
+        raise ValueError(
+            f"{name} must have shape (..., 5) = [agent x, agent y, block x, block y, angle], got {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return arr
+
+
+def keypoints_from_state(state) -> np.ndarray:
+    """Block keypoints in pixels from PushT states: (..., 5) -> (..., 9, 2) float64."""
+    s = _as_states(state)
+    rot = _rot(s[..., 4])  # (..., 2, 2)
+    return np.einsum("...ij,kj->...ki", rot, BLOCK_KEYPOINTS_LOCAL) + s[..., None, 2:4]  # (..., 9, 2)
+
+
+def lowdim_obs_from_state(state) -> dict[str, np.ndarray]:
+    """Diffusion Policy's low-dim observation from states (..., 5): {"keypoint": (..., 9, 2),
+    "agent_pos": (..., 2)}, float32."""
+    s = _as_states(state)
+    return {"keypoint": keypoints_from_state(s).astype(np.float32), "agent_pos": s[..., :2].astype(np.float32)}
+
+
+def legacy_reset_state(state) -> np.ndarray:
+    """The ``reset_to_state`` to pass to gym-pusht so the block lands exactly at ``state``'s pose.
+
+    gym-pusht (like Diffusion Policy's ``legacy`` mode) sets the block position while the block is
+    at angle 0 and then rotates it about its centre of gravity c, so ``[.., bx, by, a]`` ends with
+    the body origin at (bx, by) + c - R(a) c (up to 90 px away). Passing (bx, by) - c + R(a) c
+    undoes that. (..., 5) -> (..., 5). One 10 ms physics step follows the reset, which moves the
+    block only if the agent starts overlapping it. Assumes gym-pusht's default ``block_cog``.
+    """
+    s = _as_states(state).copy()
+    rot = _rot(s[..., 4])
+    s[..., 2:4] += -BLOCK_COG_LOCAL + np.einsum("...ij,j->...i", rot, BLOCK_COG_LOCAL)
+    return s
+
+
+def _import_gym_pusht():
+    try:
+        import gym_pusht  # registers gym_pusht/PushT-v0
+    except ImportError as e:
+        raise ImportError(
+            f"PushT needs the optional dependency gym-pusht ({e}); "
+            "install it with: pip install 'shortcut-policy[pusht]'  (or: pip install gym-pusht)"
+        ) from e
+    return gym_pusht
+
+
+class PushTKeypointsEnv(gym.Env):
+    """gym-pusht's PushT-v0 (obs_type="state") seen through the keypoint observation
+    {"keypoint": (9, 2), "agent_pos": (2,)}; registered as ``shortcut_policy/PushTKeypoints-v0``.
+
+    reset(seed=..., options={"reset_to_state": [ax, ay, bx, by, angle]}) is passed to gym-pusht
+    unchanged (see ``legacy_reset_state`` for what that state means). ``render()`` gives an
+    (render_size, render_size, 3) uint8 frame with the last action marked. ``sim`` is the gym-pusht
+    env (its pymunk bodies: ``sim.agent``, ``sim.block``). Reward, termination and ``info`` are
+    gym-pusht's; no time limit (the runner's ``max_episode_steps`` is the limit).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, render_mode: str = "rgb_array", render_size: int = 256, **pusht_kwargs):
+        if render_size < 96:  # gym-pusht draws the action marker int(render_size / 96) px thick
+            raise ValueError(f"render_size must be >= 96 (gym-pusht's action marker needs it), got {render_size}")
+        _import_gym_pusht()
+        self.sim = gym.make(
+            "gym_pusht/PushT-v0",
+            obs_type="state",
+            render_mode=render_mode,
+            visualization_width=render_size,
+            visualization_height=render_size,
+            disable_env_checker=True,
+            **pusht_kwargs,
+        ).unwrapped  # drop the registered TimeLimit: the step limit belongs to the caller
+        self.render_mode = render_mode
+        self.action_space = self.sim.action_space
+        self.observation_space = spaces.Dict({
+            "keypoint": spaces.Box(*KEYPOINT_BOUNDS, shape=(9, 2), dtype=np.float32),
+            "agent_pos": spaces.Box(0.0, 512.0, shape=(2,), dtype=np.float32)})
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        state, info = self.sim.reset(seed=seed, options=options)
+        return lowdim_obs_from_state(state), info
+
+    def step(self, action):
+        state, reward, terminated, truncated, info = self.sim.step(action)
+        return lowdim_obs_from_state(state), reward, terminated, truncated, info
+
+    def render(self):
+        return self.sim.render()
+
+    def close(self):
+        self.sim.close()
+
+
+ENV_ID = "shortcut_policy/PushTKeypoints-v0"
+if ENV_ID not in gym.registry:
+    gym.register(ENV_ID, entry_point="shortcut_policy.envs.pusht:PushTKeypointsEnv")
+
+
+class PushTRunner(LockstepRunner):
+    """Diffusion Policy's PushT low-dim protocol: 50 seeded episodes of up to 300 env steps.
+
+    ``reset_states`` (N, 5), optional, one per episode: start from these poses (e.g. dataset
+    starts, in the dataset's convention) instead of the seed's random start.
+    """
+
+    name = "pusht_keypoints"
+    fps = 10.0  # gym-pusht's control rate
+    action_dim = ACTION_DIM
+
+    def __init__(
+        self,
+        n_obs_steps: int = 2,
+        n_action_steps: int = 8,
+        max_episode_steps: int = 300,
+        seeds: Iterable[int] = range(100000, 100050),
+        render_size: int = 256,
+        reset_states: Sequence[Sequence[float]] | np.ndarray | None = None,
+    ):
+        _import_gym_pusht()  # fail here, with the install hint, rather than at the first run
+        if render_size < 96:
+            raise ValueError(f"render_size must be >= 96 (gym-pusht's action marker needs it), got {render_size}")
+        super().__init__(n_obs_steps, n_action_steps, max_episode_steps, seeds)
+        self.render_size = int(render_size)
+        self.reset_states = None if reset_states is None else _as_states(reset_states, "reset_states").reshape(-1, 5)
+
+    def make_env(self) -> gym.Env:
+        return gym.make(ENV_ID, render_mode="rgb_array", render_size=self.render_size,
+                        disable_env_checker=True).unwrapped
+
+    def reset_options(self, index: int, n_episodes: int) -> dict | None:
+        if self.reset_states is None:
+            return None
+        if len(self.reset_states) != n_episodes:
+            raise ValueError(f"reset_states has {len(self.reset_states)} rows but the run has {n_episodes} seeds")
+        return {"reset_to_state": legacy_reset_state(self.reset_states[index])}

@@ -1,0 +1,224 @@
+"""Evaluation entry points: the step-count evaluation of a checkpoint (``shortcut-eval``), offline
+diagnostics, paired comparisons, the results report and final training losses. Flags follow
+``shortcut_policy.cli``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .. import cli
+from ..results import ResultError, merge_results, read_result, result_doc, write_result
+
+EVAL_DOC = """Evaluate a checkpoint at several numbers of network calls per action chunk: in closed loop on fixed
+seeds when its task has a simulator, offline on the validation episodes (action error against the
+demonstrations) when it has none. Writes a results file (kind "sweep" or "offline") and a plot.
+
+    shortcut-eval --checkpoint runs/X/checkpoints/latest.pt --out runs/X/eval.json
+    shortcut-eval --checkpoint runs/X/checkpoints/latest.pt --num-inference-steps 1 2 4 --episodes 200
+    shortcut-eval --checkpoint runs/D/checkpoints/latest.pt --sampler ddim --num-inference-steps 1 2 4 10
+    shortcut-eval --checkpoint runs/X/checkpoints/latest.pt --videos 3 --out runs/X/eval.json   # H.264 mp4s
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = cli.parser(EVAL_DOC, "shortcut-eval")
+    cli.add_policy_args(ap)
+    cli.add_calls_arg(ap, "default: the objective's sweep, 1 2 4 ... up to its max_inference_steps; DDPM: the "
+                          "divisors of its timesteps")
+    ap.add_argument("--sampler", default=None, help="one of the checkpoint's samplers (DDPM-trained: ddpm or ddim)")
+    ap.add_argument("--episodes", type=int, default=50, help="closed-loop episodes (offline: 5x as many windows)")
+    ap.add_argument("--seed-start", type=int, default=100000)
+    ap.add_argument("--method", default=None, help="name in the results file (default: the sampler)")
+    ap.add_argument("--out", default=None, help="results JSON path (plot beside it)")
+    ap.add_argument("--latency-iters", type=int, default=50)
+    ap.add_argument("--videos", type=int, default=0, help="record this many episodes per step count (H.264 mp4)")
+    ap.add_argument("--video-dir", default=None, help="where videos go (default: <out without .json>-videos)")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="add these counts to an existing --out file of the same checkpoint and seeds")
+    args = ap.parse_args(argv)
+    if args.merge and not args.out:
+        raise SystemExit("--merge needs --out (the results file to add to)")
+    if args.videos and not (args.out or args.video_dir):
+        raise SystemExit("--videos needs --out or --video-dir: where should the videos go?")
+    if args.videos < 0:
+        raise SystemExit(f"--videos must be >= 0, got {args.videos}")
+
+    import torch
+
+    from ..task import TaskConfig, make_dataset, make_runner
+    from ..train.run import training_command
+    from .offline import format_offline_table, offline_eval
+    from .sweep import format_table, plot_sweeps, sweep
+
+    policy, run = cli.load_policy(args)
+    sampler = cli.check_sampler(policy, args.sampler)
+    counts = cli.calls_for(policy, args.num_inference_steps, sampler)
+    task = TaskConfig.from_dict(run["task"])
+    train_step = run["checkpoint"]["step"]
+    if task.simulated:
+        runner = make_runner(task, policy.shape_meta, n_episodes=args.episodes, seed_start=args.seed_start)
+        print(f"evaluating {args.checkpoint} ({sampler}, trained {train_step} steps) on {task.name}, "
+              f"{args.episodes} episodes from seed {args.seed_start}")
+        video_dir = args.video_dir or (str(Path(args.out).with_suffix("")) + "-videos" if args.videos else None)
+        res = sweep(policy, runner, counts, latency_iters=args.latency_iters, progress=not args.no_progress,
+                    video_dir=video_dir, n_videos=args.videos, sampler=sampler)
+        kind = "sweep"
+    else:
+        val = make_dataset(task).get_validation_dataset()
+        print(f"evaluating {args.checkpoint} ({sampler}, trained {train_step} steps) offline on {task.name}'s "
+              f"validation episodes ({task.name} has no simulator)")
+        res = offline_eval(policy, val, counts, n_windows=5 * args.episodes, sampler=sampler)
+        kind = "offline"
+    result = result_doc(kind, task.name, args.method or sampler, res.pop("steps"), **res,
+                        train_steps=train_step, train_command=training_command(args.checkpoint, run),
+                        checkpoint=str(args.checkpoint), weights=args.weights, sampler=sampler,
+                        objective=run["policy_config"]["objective"], net=run["policy_config"]["net"],
+                        device=str(policy.device), torch_threads=torch.get_num_threads())
+    if args.merge and Path(args.out).exists():
+        try:
+            result = merge_results(read_result(args.out), result)
+        except ResultError as e:
+            raise SystemExit(str(e)) from None
+    print(format_table(result) if kind == "sweep" else format_offline_table(result))
+    if args.out:
+        write_result(args.out, result)
+        if kind == "sweep":
+            plot_sweeps({result["method"]: result}, str(Path(args.out).with_suffix(".png")),
+                        title=f"{result['task']} {result['method']}: {result['command']} ({result['machine']}, "
+                              f"{result['date']})")
+
+
+DIAGNOSE_DOC = """Offline step-count diagnostics of one or more checkpoints on held-out demonstration windows (no
+simulator): per number of calls, the distance to the finest sample of the same noise, the spread over
+noise draws, the distance to the demonstrated chunk (mean and best of K), roughness and the share of
+initial noise left (shortcut_policy/eval/consistency.py).
+
+    python scripts/diagnose.py --checkpoint runs/A/checkpoints/latest.pt runs/B/checkpoints/latest.pt \\
+        --names A B --out docs/results/pusht_lowdim/diagnostics/AB.json
+"""
+
+
+def diagnose_main(argv: list[str] | None = None) -> None:
+    ap = cli.parser(DIAGNOSE_DOC)
+    cli.add_policy_args(ap, several=True)
+    ap.add_argument("--names", nargs="+", default=None)
+    cli.add_calls_arg(ap, "default 1 2 4 8 16")
+    ap.add_argument("--ref-steps", type=int, default=None,
+                    help="reference number of calls (default: each checkpoint's max_inference_steps)")
+    ap.add_argument("--windows", type=int, default=64, help="held-out windows (validation episodes)")
+    ap.add_argument("--noise", type=int, default=8, help="noise draws per window")
+    ap.add_argument("--split", choices=["val", "train"], default="val")
+    ap.add_argument("--target-range", type=float, default=None, metavar="C",
+                    help="also measure how often consistency targets leave [-C, C]")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.names and len(args.names) != len(args.checkpoint):
+        raise SystemExit(f"--names has {len(args.names)} entries for {len(args.checkpoint)} checkpoints")
+    from ..task import TaskConfig, make_dataset
+    from .consistency import by_step_count, format_diagnostics, pick_windows, step_diagnostics, target_range
+
+    counts = args.num_inference_steps or [1, 2, 4, 8, 16]
+    results, ranges, windows, task = {}, {}, None, None
+    for i, ckpt in enumerate(args.checkpoint):
+        policy, run = cli.load_policy(args, ckpt)
+        name = args.names[i] if args.names else f"{policy.objective.kind}:{ckpt}"
+        if policy.objective.kind not in ("shortcut", "flow"):
+            raise SystemExit(f"{ckpt}: diagnostics apply to flow/shortcut checkpoints, not {policy.objective.kind!r}")
+        if windows is None:
+            task = run["task"]
+            ds = make_dataset(TaskConfig.from_dict(task))
+            windows = pick_windows(ds.get_validation_dataset() if args.split == "val" else ds, args.windows)
+        elif run["task"].get("name") != task.get("name"):
+            raise SystemExit(f"{ckpt} is a {run['task'].get('name')!r} policy; the first was {task.get('name')!r}")
+        ref = args.ref_steps or policy.objective.max_steps
+        results[name] = step_diagnostics(policy, windows, [n for n in counts if n <= ref], ref, args.noise)
+        results[name]["checkpoint"] = str(ckpt)
+        if args.target_range is not None:
+            ranges[name] = target_range(policy, windows, args.target_range, args.noise)
+    print(format_diagnostics(results))
+    if args.out:
+        write_result(args.out, result_doc(
+            "diagnostics", task.get("name"), "diagnostics", by_step_count(results), split=args.split,
+            windows=args.windows, n_noise=args.noise, ref_steps={n: r["ref_steps"] for n, r in results.items()},
+            checkpoints={n: r["checkpoint"] for n, r in results.items()},
+            demo_roughness={n: r["demo_roughness"] for n, r in results.items()},
+            **({"target_range": ranges} if ranges else {})))
+
+
+COMPARE_DOC = """Paired comparison of two policies evaluated on the same episode seeds (shortcut_policy/eval/compare.py).
+
+    python scripts/compare.py --a shortcut_s0.json shortcut_s1.json --b flow_s0.json flow_s1.json --names shortcut flow
+    python scripts/compare.py --a s0.json --b ddpm.json --num-inference-steps 1 --b-steps 100   # 1 call vs DDPM-100
+
+Per number of calls: both means, the mean per-episode difference (a - b) with its standard error over
+episodes, episodes won; with two or more training seeds per side also the standard error over seeds,
+a Welch t 95% interval and p-value. ``--out`` writes a results file (kind "comparison"), ``--plot`` a plot.
+"""
+
+
+def compare_main(argv: list[str] | None = None) -> None:
+    ap = cli.parser(COMPARE_DOC)
+    ap.add_argument("--a", nargs="+", required=True, help="results files of side a (one per training seed)")
+    ap.add_argument("--b", nargs="+", required=True, help="results files of side b")
+    ap.add_argument("--names", nargs=2, default=None, help="column names (default: the files' methods)")
+    cli.add_calls_arg(ap, "default: every count present on both sides")
+    ap.add_argument("--b-steps", type=int, default=None, help="side b at this one count against each of a's")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--plot", default=None, help="PNG: score per training seed vs calls, and the difference")
+    args = ap.parse_args(argv)
+    from ..utils import today
+    from .compare import format_comparison, paired_difference, plot_comparison
+
+    try:
+        a, b = [read_result(p) for p in args.a], [read_result(p) for p in args.b]
+    except ResultError as e:
+        raise SystemExit(str(e)) from None
+    names = args.names or [a[0].get("method", "a"), b[0].get("method", "b")]
+    counts = args.num_inference_steps or sorted(map(int, set.intersection(
+        *[set(r["steps"]) for r in (a if args.b_steps else [*a, *b])])))
+    if not counts:
+        raise SystemExit("the two sides share no number of calls")
+    try:
+        rows = [paired_difference(a, b, n, b_steps=args.b_steps) for n in counts]
+    except (KeyError, ValueError) as e:
+        raise SystemExit(str(e.args[0] if e.args else e)) from None
+    print(format_comparison(rows, *names))
+    if args.out:
+        write_result(args.out, result_doc("comparison", a[0].get("task"), f"compare:{names[0]}-vs-{names[1]}",
+                                          {str(r["steps"]): r for r in rows}, a=args.a, b=args.b, names=names,
+                                          episodes=rows[0]["episodes"], seeds=a[0].get("seeds")))
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_comparison(rows, *names, args.plot, title=f"{a[0].get('task', '')}: {names[0]} vs {names[1]}, "
+                        f"{rows[0]['episodes']} paired episodes; {today()}")
+        print(f"wrote {args.plot}")
+
+
+LOSSES_DOC = """Final training losses of one or more runs, from their metrics.jsonl, as a results file (kind "losses").
+
+    python scripts/losses.py --runs runs/A runs/B --last 5 --out docs/results/pusht_lowdim/recipe/train-losses.json
+"""
+
+
+def losses_main(argv: list[str] | None = None) -> None:
+    ap = cli.parser(LOSSES_DOC)
+    ap.add_argument("--runs", nargs="+", required=True, help="run directories (out_dir of a training run)")
+    ap.add_argument("--last", type=int, default=5, help="how many of the last logged values to average")
+    ap.add_argument("--task", default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    runs = {}
+    for d in args.runs:
+        path = Path(d) / "metrics.jsonl"
+        if not path.exists():
+            raise SystemExit(f"no metrics.jsonl in {d}")
+        rows = [r for r in map(json.loads, path.read_text().splitlines()) if "train/loss" in r][-args.last:]
+        if not rows:
+            raise SystemExit(f"{path}: no train/loss entries")
+        keys = sorted({k for r in rows for k in r if k.startswith("train/loss")})
+        runs[Path(d).name] = {"steps": [rows[0]["step"], rows[-1]["step"]],
+                              **{k.split("/", 1)[1]: sum(r[k] for r in rows) / len(rows) for k in keys}}
+        print(Path(d).name, {k: round(v, 6) if isinstance(v, float) else v for k, v in runs[Path(d).name].items()})
+    if args.out:
+        write_result(args.out, result_doc("losses", args.task, "train-losses", {}, last=args.last, runs=runs))

@@ -1,0 +1,213 @@
+"""The policy: normalizer + observation encoder + action network + generative objective.
+
+API in the style robot-learning users know (LeRobot / Diffusion Policy):
+- ``compute_loss(batch, teacher=None) -> (loss, info)``
+- ``predict_action_chunk(obs, steps=N) -> (B, n_action_steps, action_dim)``
+- ``select_action(obs_t)`` with observation and action queues, ``reset()``.
+
+The network predicts ``horizon`` actions from the last ``n_obs_steps`` observations; the
+executed chunk starts at the last observed step (index n_obs_steps - 1), as in Diffusion Policy.
+"""
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import load_trained
+from ..core.config import make_objective
+from ..core.objective import EvalMode
+from ..nets import make_action_net
+from ..shape_meta import ShapeMetaError
+from .config import PolicyConfig
+from .normalizer import Normalizer
+from .obs_encoder import make_obs_encoder
+
+
+class ShortcutPolicy(nn.Module):
+    """Normalizer + observation encoder + action network + generative objective, built from a
+    :class:`PolicyConfig` (its ``shape_meta`` fixes the observation keys and the action).
+
+    Timing (Diffusion Policy's; To = n_obs_steps, Ta = n_action_steps, H = horizon)::
+
+        env step:      k-To+1 ... k-1   k   k+1 ... k+Ta-1 ...   k+H-To
+        observations:  |<---- To ---->|
+        predicted:     |<------------------------- H ------------------------>|
+        executed:                       |<----- Ta ----->|
+
+    The network predicts H actions for the steps from the first observed step on; the executed
+    chunk starts at the last observed step k (the action for the observation just seen).
+
+    Observations are dicts ``{key: (B, To, *shape)}`` as ``shape_meta`` describes them (low-dim keys
+    as floats, rgb keys as uint8 (H, W, 3)); anything else is refused with the key, the shape it got
+    and the shape expected.
+    """
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.shape_meta = cfg.meta
+        self.normalizer = Normalizer.from_shape_meta(self.shape_meta)
+        self.obs_encoder = make_obs_encoder(cfg.obs_encoder, shape_meta=self.shape_meta, n_obs_steps=cfg.n_obs_steps)
+        self.objective = make_objective(cfg.objective)
+        net_kwargs = dict(action_dim=cfg.action_dim, cond_dim=self.obs_encoder.out_dim,
+                          d_embedding=self.objective.net_d_embedding,
+                          max_inference_steps=getattr(cfg.objective, "max_inference_steps", 2))
+        if cfg.net.startswith("transformer"):
+            net_kwargs["horizon"] = cfg.horizon
+        self.net = make_action_net(cfg.net, **net_kwargs, **cfg.net_kwargs)
+        self.reset()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, weights: str = "ema", device: str | torch.device = "cpu"
+                        ) -> tuple[ShortcutPolicy, dict[str, Any]]:
+        """Rebuild a trained policy from its checkpoint file alone.
+
+        Returns ``(policy, run)``: the policy in eval mode with its EMA (default) or ``"online"``
+        weights, and the run config stored in the checkpoint (task, training config and command),
+        with ``run["checkpoint"] = {"path", "step", "weights"}``.
+        """
+        return load_trained(lambda c: cls(PolicyConfig.from_dict(c)), path, "policy_config", weights, device,
+                            other_kind="an image model")
+
+    # ------------------------------------------------------------------ observations
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def prepare_obs(self, obs: Any, exact_history: bool = False) -> dict[str, torch.Tensor]:
+        """Check raw observations ``{key: (B, T, *shape)}`` against shape_meta and return the last
+        ``n_obs_steps`` steps as tensors on the policy's device (low-dim float32, rgb uint8).
+
+        T may exceed n_obs_steps at inference (a longer history; its newest steps are used);
+        ``exact_history`` (training windows) requires T == n_obs_steps.
+        """
+        To = self.cfg.n_obs_steps
+        obs = self.shape_meta.check_obs(obs, n_lead=2, lead_names=("B", "To"))
+        out = {}
+        for key, x in obs.items():
+            T = x.shape[1]
+            if T < To or (exact_history and T != To):
+                raise ShapeMetaError(f"observation[{key!r}] holds {T} steps (shape {tuple(x.shape)}); this policy "
+                                     f"takes {'exactly ' if exact_history else 'at least '}n_obs_steps = {To}")
+            spec = self.shape_meta.obs[key]
+            dtype = torch.uint8 if spec.type == "rgb" else torch.float32
+            x = torch.as_tensor(x[:, T - To:]).to(self.device, dtype)
+            if spec.type == "low_dim" and not torch.isfinite(x).all():
+                raise ValueError(f"observation[{key!r}] contains NaN or inf; refusing to act on it")
+            out[key] = x
+        return out
+
+    def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Prepared observations (``prepare_obs``) -> the network's condition (B, cond_dim):
+        normalization, then the observation encoder."""
+        return self.obs_encoder(self.normalizer.normalize_dict(obs))
+
+    def example_obs(self, batch: int = 1) -> dict[str, torch.Tensor]:
+        """Observations of the right shapes and dtypes, inside the data range: low-dim keys at the
+        fitted mean (zeros before fitting), images mid-grey. For latency probes and tracing."""
+        out = {}
+        for key, x in self.shape_meta.example_obs((batch, self.cfg.n_obs_steps)).items():
+            x = torch.from_numpy(x)
+            if key in self.normalizer.dims and self.normalizer.is_fitted:
+                mean = self.normalizer.field(key).input_mean.float().reshape(self.shape_meta.obs[key].shape)
+                x = x + mean
+            elif self.shape_meta.obs[key].type == "rgb":
+                x = x + 128
+            out[key] = x.to(self.device)
+        return out
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, batch: dict[str, Any], teacher: ShortcutPolicy | None = None
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """batch: {"obs": {key: (B, n_obs_steps, *shape)}, "action": (B, horizon, action_dim)}, raw units.
+
+        ``teacher``: a policy whose network builds the consistency targets (an EMA copy), or None
+        for this policy's own weights under no-grad.
+        """
+        if not isinstance(batch, dict) or set(batch) != {"obs", "action"}:
+            got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+            raise KeyError(f"batch must be {{'obs': {{key: (B, n_obs_steps, ...)}}, 'action': (B, horizon, "
+                           f"action_dim)}}, got {got}")
+        action = batch["action"]
+        H, A = self.cfg.horizon, self.cfg.action_dim
+        if action.ndim != 3 or action.shape[1:] != (H, A):
+            raise ValueError(f"batch['action'] must have shape (B, {H}, {A}), got {tuple(action.shape)}")
+        obs = self.prepare_obs(batch["obs"], exact_history=True)
+        if next(iter(obs.values())).shape[0] != action.shape[0]:
+            raise ValueError(f"batch['obs'] holds {next(iter(obs.values())).shape[0]} examples, batch['action'] "
+                             f"{action.shape[0]}")
+        cond = self.encode_obs(obs)  # (B, cond_dim)
+        x1 = self.normalizer.normalize("action", action.to(self.device, torch.float32))  # (B, H, A)
+        if teacher is None:
+            teacher_net, teacher_cond = EvalMode(self.net), None
+        else:
+            with torch.no_grad():
+                teacher_cond = teacher.encode_obs(obs)
+            teacher_net = EvalMode(teacher.net)
+        return self.objective.loss(self.net, x1, cond, teacher=teacher_net, teacher_cond=teacher_cond)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_action_sequence(self, obs: Any, num_inference_steps: int | None = None,
+                                generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
+        """The whole predicted horizon, unnormalized: (B, horizon, action_dim).
+
+        ``num_inference_steps``: network calls for the chunk (default: the objective's, 1 for a
+        shortcut policy); ``sampler``: one of ``policy.objective.samplers`` (DDPM-trained networks
+        take "ddpm" or "ddim"); ``generator`` seeds the initial noise (and DDPM's).
+        """
+        n = self.objective.default_inference_steps if num_inference_steps is None else num_inference_steps
+        self.objective.check_inference_steps(n, sampler)
+        cond = self.encode_obs(self.prepare_obs(obs))  # (B, cond_dim)
+        B = cond.shape[0]
+        shape = (B, self.cfg.horizon, self.cfg.action_dim)
+        x0 = torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
+        x0 = x0.to(self.device, cond.dtype)
+        naction = self.objective.sample(self.net, x0, n, cond, generator=generator, sampler=sampler)  # (B, H, A)
+        return self.normalizer.unnormalize("action", naction)
+
+    @torch.no_grad()
+    def predict_action_chunk(self, obs: Any, num_inference_steps: int | None = None,
+                             generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
+        """{key: (B, >= n_obs_steps, *shape)} -> (B, n_action_steps, action_dim) raw actions."""
+        start = self.cfg.n_obs_steps - 1
+        seq = self.predict_action_sequence(obs, num_inference_steps, generator, sampler)
+        return seq[:, start:start + self.cfg.n_action_steps]
+
+    def reset(self) -> None:
+        """Clear the observation and action queues (call at every episode start)."""
+        self._obs_queue: deque = deque(maxlen=self.cfg.n_obs_steps)
+        self._action_queue: deque = deque()
+
+    @torch.no_grad()
+    def select_action(self, obs: Any, num_inference_steps: int | None = None) -> torch.Tensor:
+        """One control step: {key: (B, *shape)} -> action (B, action_dim).
+
+        Queues observations (repeating the first after a reset) and replans a chunk only when the
+        queued actions are used up.
+        """
+        obs = self.shape_meta.check_obs(obs, n_lead=1, lead_names=("B",))
+        obs = {k: torch.as_tensor(v) for k, v in obs.items()}
+        if not self._obs_queue:
+            for _ in range(self.cfg.n_obs_steps):
+                self._obs_queue.append(obs)
+        else:
+            self._obs_queue.append(obs)
+        if not self._action_queue:
+            hist = {k: torch.stack([o[k] for o in self._obs_queue], dim=1) for k in obs}  # (B, To, ...)
+            chunk = self.predict_action_chunk(hist, num_inference_steps)  # (B, n_action_steps, A)
+            self._action_queue.extend(chunk.unbind(1))
+        return self._action_queue.popleft()
+
+    def act_fn(self, num_inference_steps: int | None = None, generator: torch.Generator | None = None,
+               sampler: str | None = None):
+        """A numpy callable for env runners and the controller:
+        {key: (B, To, *shape)} -> (B, n_action_steps, action_dim)."""
+        def act(obs: dict[str, np.ndarray]) -> np.ndarray:
+            return self.predict_action_chunk(obs, num_inference_steps, generator, sampler).cpu().numpy()
+        return act

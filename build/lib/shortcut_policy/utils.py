@@ -1,0 +1,99 @@
+"""Small shared helpers: run provenance (command, machine, date) for every reported figure, and atomic
+writes (nothing half-written is ever left under a file's name)."""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def machine_description() -> str:
+    """e.g. '2-core CPU (x86_64), torch 2.13.0+cpu, 2 threads' or the GPU name."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} GPU, torch {torch.__version__}"
+    return (f"{os.cpu_count()}-core CPU ({platform.machine()}), torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def command_line() -> str:
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(".py"):
+        rel = os.path.relpath(argv[0])
+        argv[0] = f"python {rel}"
+    elif argv and argv[0].endswith("__main__.py"):
+        argv[0] = "python -m " + os.path.basename(os.path.dirname(argv[0]))
+    return " ".join([argv[0]] + [shlex.quote(a) for a in argv[1:]])
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def provenance() -> dict[str, str]:
+    return {"command": command_line(), "machine": machine_description(), "date": today()}
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (a file, or a folder with ``directory``); when the block
+    ends without an exception it is renamed to ``path`` (replacing what was there), otherwise removed.
+
+    The rename is atomic within a filesystem: readers see the old content or the new, never a part.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        # mkstemp / mkdtemp (and some writers) make 0600 / 0700: give the result the permissions of a
+        # plain open / mkdir under the umask, so a group can read the runs it shares
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
+        if directory and path.exists():  # a folder cannot replace a non-empty one: move the old one aside
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def resolve_device(name: str):
+    """A torch device from a name; "auto" picks CUDA, then Apple's MPS, then the CPU."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {name!r} (auto, cpu, cuda, cuda:1, mps): {e}") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
