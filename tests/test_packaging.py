@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,12 @@ def run(cmd, cwd, timeout=900, env=None):
 @pytest.mark.wheel
 def test_wheel_installed_outside_the_repository_trains_and_evaluates(tmp_path):
     pytest.importorskip("gym_pusht")
+    # build from a copy: setuptools writes build/ and *.egg-info beside the sources
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "runs", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache", "outputs", "wandb"))
     dist = tmp_path / "dist"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(REPO)], cwd=tmp_path)
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)], cwd=tmp_path)
     wheel = next(dist.glob("shortcut_policy-*.whl"))
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(venv)], cwd=tmp_path)
