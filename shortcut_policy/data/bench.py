@@ -174,8 +174,8 @@ def run_data_benchmarks(lerobot_pusht: Path, dp_zarr: Path, lowdim_zarr: Path, w
         "lowdim_train_samples_per_s": train_samples_per_s(policy, lowdim, batch_size),
         "image_loader_samples_per_s": loader_samples_per_s(images, batch_size)}
     # 5. the same data from two sources trains the same: agent position only, from the zarr and the import
-    base = {"policy": {"net": "unet1d_small", "net_kwargs": {}, "obs_encoder": "lowdim"},
-            "objective": {"kind": "shortcut", "max_steps": 16, "consistency_weight": 4.0},
+    base = {"policy": {"net": "unet1d_small", "net_kwargs": {}, "obs_encoder": {}},
+            "objective": {"kind": "shortcut", "max_inference_steps": 16, "consistency_weight": 4.0},
             "train": {"steps": train_steps, "batch_size": batch_size, "lr": 1e-3, "warmup_steps": 100, "log_every": 10,
                       "val_every": 100, "ckpt_every": train_steps, "progress": False, "seed": 0},
             "eval": {"episodes": 0}, "resume": False}

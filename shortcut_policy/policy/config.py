@@ -18,13 +18,15 @@ class PolicyConfig:
 
     ``shape_meta`` (a dict as :class:`~shortcut_policy.shape_meta.ShapeMeta` reads it) names the
     observation keys, their shapes and types, and the action; it comes from the task (derived from
-    the dataset when the task config does not give it).
+    the dataset when the task config does not give it). ``obs_encoder``: the options of the
+    observation encoder's vision part (``policy.obs_encoder.ObsEncoder``: out_dim, num_kp, crop_ratio,
+    shared, color_jitter, pretrained), used when the observation has cameras.
     """
     shape_meta: dict[str, Any] = field(default_factory=dict)
     horizon: int = 16
     n_obs_steps: int = 2
     n_action_steps: int = 8
-    obs_encoder: str = "lowdim"
+    obs_encoder: dict[str, Any] = field(default_factory=dict)
     net: str = "unet1d"
     net_kwargs: dict[str, Any] = field(default_factory=dict)
     objective: ObjectiveConfig = field(default_factory=ShortcutConfig)
@@ -44,6 +46,10 @@ class PolicyConfig:
                 f"({self.n_obs_steps - 1 + self.n_action_steps}): the executed actions start at the last "
                 "observed step")
         self.net_kwargs = dict(self.net_kwargs or {})
+        if not isinstance(self.obs_encoder, dict):
+            raise ValueError(f"policy.obs_encoder must be a mapping of encoder options (out_dim, num_kp, crop_ratio, "
+                             f"shared, color_jitter, pretrained), got {self.obs_encoder!r}")
+        self.obs_encoder = dict(self.obs_encoder)
 
     @property
     def meta(self) -> ShapeMeta:

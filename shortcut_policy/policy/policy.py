@@ -25,7 +25,7 @@ from ..nets import make_action_net
 from ..shape_meta import ShapeMetaError
 from .config import PolicyConfig
 from .normalizer import Normalizer
-from .obs_encoder import make_obs_encoder
+from .obs_encoder import ObsEncoder
 
 
 class ShortcutPolicy(nn.Module):
@@ -52,13 +52,19 @@ class ShortcutPolicy(nn.Module):
         self.cfg = cfg
         self.shape_meta = cfg.meta
         self.normalizer = Normalizer.from_shape_meta(self.shape_meta)
-        self.obs_encoder = make_obs_encoder(cfg.obs_encoder, shape_meta=self.shape_meta, n_obs_steps=cfg.n_obs_steps)
+        transformer = cfg.net.startswith("transformer")
+        try:
+            self.obs_encoder = ObsEncoder(self.shape_meta, cfg.n_obs_steps, tokens=transformer, **cfg.obs_encoder)
+        except TypeError as e:
+            raise ValueError(f"policy.obs_encoder: {e}") from None
         self.objective = make_objective(cfg.objective)
-        net_kwargs = dict(action_dim=cfg.action_dim, cond_dim=self.obs_encoder.out_dim,
-                          d_embedding=self.objective.net_d_embedding,
+        net_kwargs = dict(action_dim=cfg.action_dim, d_embedding=self.objective.net_d_embedding,
                           max_inference_steps=getattr(cfg.objective, "max_inference_steps", 2))
-        if cfg.net.startswith("transformer"):
-            net_kwargs["horizon"] = cfg.horizon
+        if transformer:  # attention over the observation tokens (one per camera and step, and low-dim)
+            net_kwargs.update(horizon=cfg.horizon, cond_dim=self.obs_encoder.token_dim,
+                              n_cond_tokens=self.obs_encoder.n_tokens)
+        else:
+            net_kwargs["cond_dim"] = self.obs_encoder.out_dim
         self.net = make_action_net(cfg.net, **net_kwargs, **cfg.net_kwargs)
         self.reset()
 
