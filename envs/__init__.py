@@ -18,7 +18,13 @@ def _pusht_keypoints(**kwargs) -> EnvRunner:
     return PushTRunner(**kwargs)
 
 
-_RUNNERS: dict[str, Callable[..., EnvRunner]] = {"pusht_keypoints": _pusht_keypoints}
+def _pusht_image(**kwargs) -> EnvRunner:
+    from .pusht import PushTImageRunner
+
+    return PushTImageRunner(**kwargs)
+
+
+_RUNNERS: dict[str, Callable[..., EnvRunner]] = {"pusht_keypoints": _pusht_keypoints, "pusht_image": _pusht_image}
 
 
 def register_runner(name: str, factory: Callable[..., EnvRunner]) -> None:

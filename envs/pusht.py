@@ -1,10 +1,15 @@
-"""PushT with Diffusion Policy's low-dim observation, on gym-pusht's simulator.
+"""PushT on gym-pusht's simulator, seen through Diffusion Policy's two observations.
 
-Observation, a dict of float32 arrays in pixels: ``keypoint`` (9, 2), the T block's 9 keypoints
+Low-dim (``PushTKeypointsEnv``, runner ``pusht_keypoints``): a dict of float32 arrays in pixels: ``keypoint`` (9, 2), the T block's 9 keypoints
 computed from the block pose, and ``agent_pos`` (2,), the agent position -- the arrays
 ``data/keypoint`` and ``data/state[:, :2]`` of pusht_cchi_v7_replay.zarr (the task config
 ``configs/task/pusht_lowdim.yaml`` names them). Not gym-pusht's own ``environment_state`` (8
 polygon corners, another layout).
+
+Pixels (``PushTImageEnv``, runner ``pusht_image``): ``image`` (96, 96, 3) uint8, gym-pusht's
+``obs_type="pixels_agent_pos"`` view, and ``agent_pos`` (2,) -- the arrays ``data/img`` and
+``data/state[:, :2]`` of the same store (``configs/task/pusht_image.yaml``). The simulator's render
+matches the dataset's frames in layout and scale (``docs/images.md``).
 
 Reward and success are gym-pusht's, unchanged (checked in gym_pusht 0.1.8, envs/pusht.py
 ``PushTEnv.step``): coverage = area(block ∩ goal) / area(goal), reward = clip(coverage / 0.95,
@@ -120,9 +125,8 @@ def _import_gym_pusht():
     return gym_pusht
 
 
-class PushTKeypointsEnv(gym.Env):
-    """gym-pusht's PushT-v0 (obs_type="state") seen through the keypoint observation
-    {"keypoint": (9, 2), "agent_pos": (2,)}; registered as ``shortcut_policy/PushTKeypoints-v0``.
+class _PushTEnv(gym.Env):
+    """gym-pusht's PushT-v0 seen through one of this package's observations (subclasses say which).
 
     reset(seed=..., options={"reset_to_state": [ax, ay, bx, by, angle]}) is passed to gym-pusht
     unchanged (see ``legacy_reset_state`` for what that state means). ``render()`` gives an
@@ -132,6 +136,7 @@ class PushTKeypointsEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    _obs_type = "state"
 
     def __init__(self, render_mode: str = "rgb_array", render_size: int = 256, **pusht_kwargs):
         if render_size < 96:  # gym-pusht draws the action marker int(render_size / 96) px thick
@@ -139,7 +144,7 @@ class PushTKeypointsEnv(gym.Env):
         _import_gym_pusht()
         self.sim = gym.make(
             "gym_pusht/PushT-v0",
-            obs_type="state",
+            obs_type=self._obs_type,
             render_mode=render_mode,
             visualization_width=render_size,
             visualization_height=render_size,
@@ -148,18 +153,18 @@ class PushTKeypointsEnv(gym.Env):
         ).unwrapped  # drop the registered TimeLimit: the step limit belongs to the caller
         self.render_mode = render_mode
         self.action_space = self.sim.action_space
-        self.observation_space = spaces.Dict({
-            "keypoint": spaces.Box(*KEYPOINT_BOUNDS, shape=(9, 2), dtype=np.float32),
-            "agent_pos": spaces.Box(0.0, 512.0, shape=(2,), dtype=np.float32)})
+
+    def _obs(self, raw) -> dict[str, np.ndarray]:
+        raise NotImplementedError
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        state, info = self.sim.reset(seed=seed, options=options)
-        return lowdim_obs_from_state(state), info
+        raw, info = self.sim.reset(seed=seed, options=options)
+        return self._obs(raw), info
 
     def step(self, action):
-        state, reward, terminated, truncated, info = self.sim.step(action)
-        return lowdim_obs_from_state(state), reward, terminated, truncated, info
+        raw, reward, terminated, truncated, info = self.sim.step(action)
+        return self._obs(raw), reward, terminated, truncated, info
 
     def render(self):
         return self.sim.render()
@@ -168,9 +173,48 @@ class PushTKeypointsEnv(gym.Env):
         self.sim.close()
 
 
+class PushTKeypointsEnv(_PushTEnv):
+    """PushT (gym-pusht, obs_type="state") seen through Diffusion Policy's keypoint observation
+    {"keypoint": (9, 2), "agent_pos": (2,)}, float32 pixels; registered as
+    ``shortcut_policy/PushTKeypoints-v0``. See :class:`_PushTEnv` for reset, render and ``sim``."""
+
+    def __init__(self, render_mode: str = "rgb_array", render_size: int = 256, **pusht_kwargs):
+        super().__init__(render_mode, render_size, **pusht_kwargs)
+        self.observation_space = spaces.Dict({
+            "keypoint": spaces.Box(*KEYPOINT_BOUNDS, shape=(9, 2), dtype=np.float32),
+            "agent_pos": spaces.Box(0.0, 512.0, shape=(2,), dtype=np.float32)})
+
+    def _obs(self, raw) -> dict[str, np.ndarray]:
+        return lowdim_obs_from_state(raw)
+
+
+class PushTImageEnv(_PushTEnv):
+    """PushT from pixels (gym-pusht, obs_type="pixels_agent_pos"): {"image": (96, 96, 3) uint8, the
+    top-down view without the action marker, as Diffusion Policy's ``data/img``; "agent_pos": (2,)
+    float32 pixels}; registered as ``shortcut_policy/PushTImage-v0``. ``image_size`` sets the
+    observed image's side (96 is the dataset's). See :class:`_PushTEnv` for reset, render and ``sim``.
+    """
+
+    _obs_type = "pixels_agent_pos"
+
+    def __init__(self, render_mode: str = "rgb_array", render_size: int = 256, image_size: int = 96,
+                 **pusht_kwargs):
+        super().__init__(render_mode, render_size, observation_width=image_size, observation_height=image_size,
+                         **pusht_kwargs)
+        self.observation_space = spaces.Dict({
+            "image": spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8),
+            "agent_pos": spaces.Box(0.0, 512.0, shape=(2,), dtype=np.float32)})
+
+    def _obs(self, raw) -> dict[str, np.ndarray]:
+        return {"image": np.ascontiguousarray(raw["pixels"], dtype=np.uint8),
+                "agent_pos": np.asarray(raw["agent_pos"], dtype=np.float32)}
+
+
 ENV_ID = "shortcut_policy/PushTKeypoints-v0"
-if ENV_ID not in gym.registry:
-    gym.register(ENV_ID, entry_point="shortcut_policy.envs.pusht:PushTKeypointsEnv")
+IMAGE_ENV_ID = "shortcut_policy/PushTImage-v0"
+for _id, _cls in ((ENV_ID, "PushTKeypointsEnv"), (IMAGE_ENV_ID, "PushTImageEnv")):
+    if _id not in gym.registry:
+        gym.register(_id, entry_point=f"shortcut_policy.envs.pusht:{_cls}")
 
 
 class PushTRunner(LockstepRunner):
@@ -210,3 +254,14 @@ class PushTRunner(LockstepRunner):
         if len(self.reset_states) != n_episodes:
             raise ValueError(f"reset_states has {len(self.reset_states)} rows but the run has {n_episodes} seeds")
         return {"reset_to_state": legacy_reset_state(self.reset_states[index])}
+
+
+class PushTImageRunner(PushTRunner):
+    """PushT from pixels under the same protocol as :class:`PushTRunner` (seeds, 300 env steps,
+    gym-pusht's reward and success): observations {"image": (96, 96, 3) uint8, "agent_pos": (2,)}."""
+
+    name = "pusht_image"
+
+    def make_env(self) -> gym.Env:
+        return gym.make(IMAGE_ENV_ID, render_mode="rgb_array", render_size=self.render_size,
+                        disable_env_checker=True).unwrapped

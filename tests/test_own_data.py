@@ -66,14 +66,17 @@ def test_robomimic_file_to_trained_policy(tmp_path):
 def test_lerobot_folder_to_trained_policy(tmp_path):
     pytest.importorskip("pyarrow")
     pytest.importorskip("av")
-    root = write_lerobot_v3(tmp_path / "pusht_like", make_episodes(lengths=(20, 16, 18, 15, 17)))
+    root = write_lerobot_v3(tmp_path / "pusht_like", make_episodes(lengths=(20, 16, 18, 15, 17), size=48))
     cfg_dir = tmp_path / "configs"
     import_main(["lerobot", "--src", str(root), "--out", str(tmp_path / "ds.zarr"),
                  "--task-config", str(cfg_dir / "task" / "mine.yaml"), "--task-name", "mine"])
     task = yaml.safe_load((cfg_dir / "task" / "mine.yaml").read_text())
-    assert task["dataset"]["obs"] == ["observation.state"] and task["dataset"]["action"] == "action"
+    # the camera is an observation too: it goes through the vision encoder
+    assert sorted(task["dataset"]["obs"]) == ["observation.images.top", "observation.state"]
+    assert task["dataset"]["action"] == "action"
     ckpt = train_with_task_yaml(cfg_dir, "mine", tmp_path / "run")
     policy, _ = ShortcutPolicy.from_checkpoint(ckpt)
-    assert policy.shape_meta.keys == ["observation.state"]  # LeRobot's dotted key, kept as it is
+    assert policy.shape_meta.rgb_keys == ["observation.images.top"]  # LeRobot's dotted keys, kept as they are
+    assert policy.shape_meta.low_dim_keys == ["observation.state"]
     res = offline_eval(ckpt, tmp_path / "eval.json")
     assert res["kind"] == "offline" and res["steps"]["1"]["action_mse"] > 0

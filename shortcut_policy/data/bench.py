@@ -1,5 +1,5 @@
-"""Measurements of the data path (docs/data.md): import speed, image chunking in the zarr store, data-loader
-throughput against training throughput."""
+"""Measurements of the data path (docs/data.md, docs/images.md): import speed, image chunking in the zarr
+store, data-loader throughput against training throughput."""
 from __future__ import annotations
 
 import shutil
@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import default_collate
 
 from .replay_buffer import ReplayBuffer
+from ..utils import save_figure
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -57,22 +58,27 @@ def chunk_sweep(images: np.ndarray, episode_ends: np.ndarray, chunk_frames: Sequ
     return out
 
 
-def loader_samples_per_s(dataset, batch_size: int, n_batches: int = 30, seed: int = 0) -> float:
-    """Samples/s of ``dataset[i]`` + collate for random batches (one process, as the training loop reads)."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(len(dataset), (n_batches, batch_size), generator=g)
-    default_collate([dataset[int(i)] for i in idx[0]])  # warm-up
+def loader_samples_per_s(dataset, batch_size: int, n_batches: int = 30, num_workers: int = 0, seed: int = 0) -> float:
+    """Samples/s of the training loop's own loader (``train.loop.batch_loader``: the dataset's batch
+    gather, ``num_workers`` worker processes), after a warm-up batch (which starts the workers)."""
+    from ..train.loop import TrainConfig, batch_loader
+
+    cfg = TrainConfig(steps=n_batches + 1, batch_size=batch_size, num_workers=num_workers, seed=seed)
+    it = iter(batch_loader(dataset, cfg, 0, torch.device("cpu")))
+    next(it)  # warm-up
     t0 = time.perf_counter()
-    for row in idx:
-        default_collate([dataset[int(i)] for i in row])
-    return n_batches * batch_size / (time.perf_counter() - t0)
+    n = sum(1 for _ in it)
+    return n * batch_size / (time.perf_counter() - t0)
+
+
+def _batch(dataset, idx):
+    return dataset.get_batch(idx) if hasattr(dataset, "get_batch") else default_collate([dataset[int(i)] for i in idx])
 
 
 def train_samples_per_s(policy, dataset, batch_size: int, n_steps: int = 20, seed: int = 0) -> float:
-    """Samples/s of the optimizer step alone (loss, backward, AdamW) on pre-collated batches."""
+    """Samples/s of the optimizer step alone (loss, backward, AdamW) on batches loaded beforehand."""
     g = torch.Generator().manual_seed(seed)
-    batches = [default_collate([dataset[int(i)] for i in torch.randint(len(dataset), (batch_size,), generator=g)])
-               for _ in range(3)]
+    batches = [_batch(dataset, torch.randint(len(dataset), (batch_size,), generator=g).tolist()) for _ in range(3)]
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
     policy.train()
 
@@ -87,6 +93,26 @@ def train_samples_per_s(policy, dataset, batch_size: int, n_steps: int = 20, see
     for i in range(n_steps):
         step(batches[i % len(batches)])
     return n_steps * batch_size / (time.perf_counter() - t0)
+
+
+def throughput(datasets: dict[str, Any], batch_size: int = 64, workers: Sequence[int] = (0, 2),
+               train_steps: dict[str, int] | None = None) -> dict[str, Any]:
+    """Per dataset: loader samples/s (each worker count) against training samples/s of a default policy
+    (unet1d_small; the ResNet-18 encoder for cameras) on it, the step time, and which one bounds."""
+    from ..policy import PolicyConfig, ShortcutPolicy
+
+    out: dict[str, Any] = {"batch_size": batch_size, "torch_threads": torch.get_num_threads()}
+    for name, ds in datasets.items():
+        policy = ShortcutPolicy(PolicyConfig(shape_meta=ds.shape_meta.to_dict(), net="unet1d_small"))
+        policy.normalizer.load_state_dict(ds.get_normalizer().state_dict())
+        loader = {str(w): loader_samples_per_s(ds, batch_size, num_workers=w) for w in workers}
+        train = train_samples_per_s(policy, ds, batch_size, n_steps=(train_steps or {}).get(name, 20))
+        best = max(loader.values())
+        out[name] = {"shape_meta": ds.shape_meta.describe(), "loader_samples_per_s": loader,
+                     "train_samples_per_s": train, "train_step_ms": 1e3 * batch_size / train,
+                     "parameters_m": sum(p.numel() for p in policy.parameters()) / 1e6,
+                     "bound_by": "network" if train < best else "loader", "loader_over_train": best / train}
+    return out
 
 
 def loss_curves_match(runs: dict[str, Path]) -> dict[str, Any]:
@@ -121,8 +147,7 @@ def plot_loss_curves(result: dict[str, Any], path: str, title: str) -> None:
 
     ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_data_benchmarks(lerobot_pusht: Path, dp_zarr: Path, lowdim_zarr: Path, work: Path, train_steps: int = 500,
@@ -221,3 +246,37 @@ def main(argv: list[str] | None = None) -> None:
     for key in ("lerobot_import", "robomimic_import", "throughput"):
         print(key, {k: round(v, 3) if isinstance(v, float) else v for k, v in res[key].items()})
     print("same data, max train-loss difference:", res["same_data"]["max_abs_train_loss_difference"])
+
+
+THROUGHPUT_DOC = """Loader against training throughput (docs/images.md): the training loop's loader (batch gather,
+0 and 2 worker processes) and the optimizer step of a default policy, on PushT low-dim (the shipped data)
+and on a PushT image store (96x96 camera + agent position), batch 64, this machine's threads.
+
+    python scripts/bench_throughput.py --image-data ../shared/data/pusht/pusht_cchi_v7_replay.zarr \\
+        --out docs/results/pusht_image/data/throughput.json
+"""
+
+
+def throughput_main(argv: list[str] | None = None) -> None:
+    from .. import cli
+    from ..results import result_doc, write_result
+    from .dataset import SequenceDataset
+
+    ap = cli.parser(THROUGHPUT_DOC, "bench_throughput")
+    ap.add_argument("--image-data", type=Path, required=True, help="a PushT image store (data/img, data/state)")
+    ap.add_argument("--lowdim", default="pkg://shortcut_policy.datasets/pusht_lowdim.zarr")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    agent = {"key": "state", "index": [0, 2]}
+    datasets = {"lowdim": SequenceDataset(args.lowdim, {"keypoint": "keypoint", "agent_pos": agent}),
+                "image": SequenceDataset(args.image_data, {"image": "img", "agent_pos": agent})}
+    res = throughput(datasets, args.batch_size, train_steps={"lowdim": 20, "image": 6})
+    for name in datasets:
+        r = res[name]
+        print(f"{name}: loader {', '.join(f'{v:,.0f}' for v in r['loader_samples_per_s'].values())} samples/s "
+              f"(workers {', '.join(r['loader_samples_per_s'])}), training {r['train_samples_per_s']:,.0f} samples/s "
+              f"({r['train_step_ms']:.0f} ms a step): bound by the {r['bound_by']}")
+    if args.out:
+        write_result(args.out, result_doc("data", "pusht_image", "throughput", {}, **res,
+                                          about="loader vs training samples/s, low-dim and 96x96 image PushT"))

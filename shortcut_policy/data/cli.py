@@ -93,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}: " + _summary(buf, time.perf_counter() - t0))
     cameras = [k for k in obs if buf[k].dtype == "uint8" and buf[k].ndim == 4]
     if cameras:
-        # the low-dim encoder is the one that exists; a vision encoder will take these keys
-        obs = [k for k in obs if k not in cameras]
-        print(f"camera keys {cameras} are in the store but left out of the task's observations: the policy's "
-              "observation encoder takes low-dim keys")
+        print(f"camera keys {cameras} go through the vision encoder (policy.obs_encoder options: docs/images.md)")
     if args.task_config is not None:
         if action is None:
             raise SystemExit(f"no 'action' key to train on in {args.out}; write the task yaml by hand "

@@ -17,7 +17,8 @@ Policy (``n_obs_steps - 1`` before, ``n_action_steps - 1`` after).
 Per observation key, ``index: [start, stop]`` keeps a slice of the last axis and ``transform``
 names a function ``(T, ...) array -> (T, ...) array`` applied once at load: one registered with
 :func:`register_transform`, or ``"package.module:function"`` of the user's own code. Low-dim keys
-are served as float32 and uint8 (T, H, W, 3) arrays as rgb images.
+are served as float32 and (T, H, W, 3) arrays as uint8 rgb images (float arrays of integers 0..255,
+Diffusion Policy's ``data/img``, are converted; other float images are refused).
 
 ``shape_meta`` is derived from the arrays; a task that gives one has it checked against the data.
 """
@@ -36,6 +37,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..shape_meta import ShapeMeta, ShapeMetaError
+from .diffusion_policy import as_uint8_images
 from .replay_buffer import DatasetError, ReplayBuffer
 from .sequence_sampler import SequenceSampler, downsample_mask, get_val_mask
 
@@ -98,8 +100,14 @@ class KeySource:
                 raise DatasetError(f"{path}: transform {self.transform!r} of {name} returned {len(out)} steps "
                                    f"for {len(arr)}")
             arr = out
-        if arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[-1] == 3:
-            return arr  # an rgb image key
+        if arr.ndim == 4 and arr.shape[-1] == 3:  # (T, H, W, 3): a camera
+            if arr.dtype != np.uint8:
+                try:  # Diffusion Policy stores images as float 0..255
+                    arr = as_uint8_images(self.key, arr)
+                except DatasetError as e:
+                    raise DatasetError(f"{path}: {name}: {e}") from None
+            if arr.dtype == np.uint8:
+                return arr  # an rgb image key
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
                 or arr.dtype == np.bool_):
             raise DatasetError(f"{path}: {name} (data/{self.key}) has dtype {arr.dtype}; expected numbers")
@@ -259,6 +267,14 @@ class SequenceDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         """Window ``i``: {"obs": {key: (n_obs_steps, *shape)}, "action": (horizon, action_dim)}."""
         sample = self.sampler.sample_sequence(i)
+        return {"obs": {k: torch.from_numpy(sample[k]) for k in self.obs_keys},
+                "action": torch.from_numpy(sample["action"])}
+
+    def get_batch(self, idx) -> dict[str, Any]:
+        """Windows ``idx`` (a sequence of ints) as one batch, gathered per key at once:
+        {"obs": {key: (B, n_obs_steps, *shape)}, "action": (B, horizon, action_dim)}, the same
+        tensors as collating ``self[i]`` for each i."""
+        sample = self.sampler.sample_batch(np.asarray(idx))
         return {"obs": {k: torch.from_numpy(sample[k]) for k in self.obs_keys},
                 "action": torch.from_numpy(sample["action"])}
 

@@ -122,6 +122,19 @@ class SequenceSampler:
         return {k: self.buffer[k][t[:self.key_first_k.get(k, self.sequence_length)]] for k in self.keys}
 
 
+    def sample_batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Windows ``idx`` (B,) at once: key -> (B, sequence_length, ...) (or the key's first k steps),
+        one fancy-indexing gather per key, the same values as ``sample_sequence`` row by row."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        n = len(self.indices)
+        if len(idx) and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"windows {idx.min()}..{idx.max()} out of range for {n} windows")
+        rows = self.indices[idx]  # (B, 4)
+        t = np.arange(self.sequence_length)[None] + (rows[:, :1] - rows[:, 2:3])  # (B, S)
+        t = np.clip(t, rows[:, :1], rows[:, 1:2] - 1)
+        return {k: self.buffer[k][t[:, :self.key_first_k.get(k, self.sequence_length)]] for k in self.keys}
+
+
 def get_val_mask(n_episodes: int, val_ratio: float, seed: int = 0) -> np.ndarray:
     """(n_episodes,) bool mask of validation episodes.
 

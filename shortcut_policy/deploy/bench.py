@@ -4,8 +4,10 @@ network calls, per backend (eager torch, torch.compile on CUDA, TorchScript and 
 checked against eager first), batch 1, warm, median and p99 (``shortcut_policy.latency``).
 
 A DDPM-trained checkpoint is timed with each of its samplers (DDPM at its divisor counts, DDIM at any).
+The observation encoder (normalization, and the vision encoder of each camera) is timed alone too.
 Summary ratios per policy: ``overhead_ratio`` (1-call chunk / bare forward), ``export_speedup`` (eager
-/ TorchScript at 1 call), ``onnx_speedup`` (eager / ONNX Runtime at 1 call).
+/ TorchScript at 1 call), ``onnx_speedup`` (eager / ONNX Runtime at 1 call), ``encoder_share``
+(encoder / eager 1-call chunk).
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ def latency_benchmark(policies: dict[str, tuple[Any, dict]], counts: list[int] |
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         raise ValueError(f"unknown backends {unknown}; choose from {BACKENDS}")
-    out: dict[str, Any] = {"forward": {}, "steps": {}, "verification": {}, "export_and_load_s": {},
-                           "overhead_ratio": {}, "export_speedup": {}, "onnx_speedup": {}}
+    out: dict[str, Any] = {"forward": {}, "encoder": {}, "steps": {}, "verification": {}, "export_and_load_s": {},
+                           "overhead_ratio": {}, "export_speedup": {}, "onnx_speedup": {}, "encoder_share": {}}
     for name, (policy, run) in policies.items():
         policy.eval()
         device = policy.device
@@ -50,6 +52,7 @@ def latency_benchmark(policies: dict[str, tuple[Any, dict]], counts: list[int] |
         with torch.no_grad():
             cond = policy.encode_obs(obs)
             out["forward"][name] = timed(lambda: policy.net(x, t, d, cond))
+            out["encoder"][name] = timed(lambda: policy.encode_obs(obs))
         for sampler in policy.objective.samplers:
             valid = policy.objective.sweep_inference_steps(sampler)
             ns = valid if counts is None else [n for n in counts if _valid(policy, n, sampler)]
@@ -70,6 +73,7 @@ def latency_benchmark(policies: dict[str, tuple[Any, dict]], counts: list[int] |
         if f"{first}/eager" in one:
             eager = one[f"{first}/eager"]["p50_ms"]
             out["overhead_ratio"][name] = eager / out["forward"][name]["p50_ms"]
+            out["encoder_share"][name] = out["encoder"][name]["p50_ms"] / eager
             for backend, key in (("torchscript", "export_speedup"), ("onnx", "onnx_speedup")):
                 if f"{first}/{backend}" in one:
                     out[key][name] = eager / one[f"{first}/{backend}"]["p50_ms"]

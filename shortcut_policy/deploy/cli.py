@@ -100,7 +100,7 @@ def latency_main(argv: list[str] | None = None) -> None:
                                 warmup=args.warmup, max_seconds=args.max_seconds)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    print(json.dumps({k: res[k] for k in ("overhead_ratio", "export_speedup", "onnx_speedup")}, indent=1))
+    print(json.dumps({k: res[k] for k in ("overhead_ratio", "export_speedup", "onnx_speedup", "encoder_share")}, indent=1))
     if args.out:
         write_result(args.out, result_doc("latency", task, "latency", res.pop("steps"), **res, batch=1,
                                           threads=torch.get_num_threads(), device=str(next(iter(policies.values()))[0].device),

@@ -10,6 +10,7 @@ import torch
 
 from ..core.schedule import DYADIC_COUNTS
 from ..latency import measure_latency, torch_sync
+from ..utils import save_figure
 
 DEFAULT_STEPS = DYADIC_COUNTS
 
@@ -88,8 +89,6 @@ def save_calls_figure(fig, axes, path: str, title: str = "", ticks: list[int] | 
     """Finish and write a figure whose x axes are network calls per chunk (log2 scale): grid, legends
     (one per axis unless ``legend`` is False), a wrapped title, the axes laid out inside ``rect``,
     then close it."""
-    import matplotlib.pyplot as plt
-
     for a in axes:
         a.set_xscale("log", base=2)
         if ticks is not None:
@@ -100,5 +99,4 @@ def save_calls_figure(fig, axes, path: str, title: str = "", ticks: list[int] | 
             a.legend(fontsize=7)
     fig.suptitle("\n".join(textwrap.wrap(title, 160)), fontsize=7)
     fig.tight_layout(rect=rect)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -13,6 +13,7 @@ import torch
 from ..core.ema import EMA
 from ..core.objective import ShortcutObjective
 from ..nets.mlp import MLPVelocity
+from ..utils import save_figure
 
 
 def gaussian_ring(n: int, n_modes: int = 8, radius: float = 2.0, std: float = 0.08,
@@ -69,8 +70,6 @@ Writes the picture and a results file beside it (kind "toy") with sliced Wassers
 
 
 def main(argv: list[str] | None = None) -> None:
-    from pathlib import Path
-
     from .. import cli
     from ..results import result_doc, write_result
 
@@ -106,7 +105,5 @@ def main(argv: list[str] | None = None) -> None:
     doc = result_doc("toy", "toy2d_ring8", "toy2d", steps, train_steps=args.train_steps, metric="sliced_w1")
     fig.suptitle(f"grey: data; {doc['command']} ({doc['date']})", fontsize=8)
     fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    out = save_figure(fig, args.out)
     write_result(out.with_suffix(".json"), doc)

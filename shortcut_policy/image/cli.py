@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import cli
 from ..results import result_doc, write_result
+from ..utils import save_figure
 
 
 @hydra.main(config_path="pkg://shortcut_policy.configs", config_name="image", version_base="1.3")
@@ -53,8 +54,7 @@ def save_image(path: Path, mosaic: np.ndarray, title: str | None = None) -> None
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=8)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 SAMPLE_DOC = """Sample grids from a trained image model at several numbers of network calls, all from the SAME

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint
+from ..utils import save_figure
 from .data import ImageDataset
 
 
@@ -202,8 +203,4 @@ def plot_results(results: dict[str, dict[str, Any]], out: str | Path) -> Path:
     axes[0].set_yscale("log")
     axes[0].legend()
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=120)

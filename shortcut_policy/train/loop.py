@@ -7,6 +7,10 @@ evaluation, and checkpoints that resume at the exact step:
 
 - the batch order is a pure function of (seed, step): every epoch is a permutation drawn from
   ``seed + epoch``, so a resumed run sees the same batches without saving a data-loader state;
+- batches come from a ``torch.utils.data.DataLoader`` over those indices (``train.num_workers``
+  worker processes, pinned memory on CUDA); a dataset with ``get_batch(indices)`` (the sequence
+  dataset) is gathered a batch at a time, any other is collated sample by sample; images stay
+  uint8 until the model (augmentation runs on the batch, on the device);
 - the global torch RNG state (noise, t and level draws) is stored in each checkpoint.
 
 Rank-awareness: ``is_main`` gates logging and checkpoint writes; a DistributedDataParallel run
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..core.ema import EMA
 from ..checkpoint import load_checkpoint, load_state_strict, save_checkpoint, save_weights
@@ -54,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     num_threads: int = 0  # 0 = torch's default
+    num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
     wandb: str = "disabled"  # "disabled" | "offline" | "online"
     wandb_project: str = "shortcut-policy"
     progress: bool = True
@@ -66,6 +71,8 @@ class TrainConfig:
             raise ValueError(f"train.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ValueError("train.lr must be > 0 and train.weight_decay, train.warmup_steps >= 0")
+        if self.num_workers < 0:
+            raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then cosine to 0."""
@@ -87,6 +94,48 @@ def _batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tenso
     return perm[k * batch_size:(k + 1) * batch_size]
 
 
+class StepBatches(Sampler):
+    """The index batches of optimizer steps ``start .. steps - 1`` (``_batch_indices``), in order."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, steps: int):
+        if n < batch_size:
+            raise ValueError(f"dataset has {n} samples, fewer than one batch of {batch_size}")
+        self.n, self.batch_size, self.seed, self.start, self.steps = n, batch_size, seed, start, steps
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            yield _batch_indices(self.n, self.batch_size, step, self.seed).tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+
+class _Batched(Dataset):
+    """``dataset.get_batch`` behind the map-style interface: item = a whole batch."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, idx):
+        return self.dataset.get_batch(idx)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def batch_loader(dataset: Dataset, cfg: TrainConfig, start: int, device: torch.device) -> DataLoader:
+    """Batches for steps ``start .. cfg.steps - 1``; see the module doc."""
+    batches = StepBatches(len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps)
+    # a private generator: the loader's base seed must not draw from the global RNG, whose state the
+    # checkpoint carries (a resumed run would otherwise diverge from an uninterrupted one)
+    common = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda", persistent_workers=False,
+                  prefetch_factor=4 if cfg.num_workers else None,
+                  generator=torch.Generator().manual_seed(cfg.seed * 100_003 + start))
+    if hasattr(dataset, "get_batch"):
+        return DataLoader(_Batched(dataset), sampler=batches, batch_size=None, **common)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=default_collate, **common)
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -105,7 +154,8 @@ def validation_loss(model, dataset: Dataset, batch_size: int, device: torch.devi
     n = len(dataset)
     bs = min(batch_size, n)
     for i in range(min(n_batches, max(1, n // bs))):
-        batch = default_collate([dataset[j] for j in range(i * bs, (i + 1) * bs)])
+        idx = list(range(i * bs, (i + 1) * bs))
+        batch = dataset.get_batch(idx) if hasattr(dataset, "get_batch") else default_collate([dataset[j] for j in idx])
         losses.append(model.compute_loss(_to_device(batch, device))[0].item())
     torch.set_rng_state(rng)
     return sum(losses) / len(losses)
@@ -174,9 +224,8 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=start, desc="train", dynamic_ncols=True)
     t_last, sums, n_sum = time.perf_counter(), {}, 0
-    for step in range(start, cfg.steps):
-        idx = _batch_indices(len(dataset), cfg.batch_size, step, cfg.seed)
-        batch = _to_device(default_collate([dataset[int(i)] for i in idx]), device)
+    for step, batch in zip(range(start, cfg.steps), batch_loader(dataset, cfg, start, device)):
+        batch = _to_device(batch, device)
         lr = cfg.lr_at(step)
         for g in opt.param_groups:
             g["lr"] = lr
