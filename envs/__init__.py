@@ -24,7 +24,14 @@ def _pusht_image(**kwargs) -> EnvRunner:
     return PushTImageRunner(**kwargs)
 
 
-_RUNNERS: dict[str, Callable[..., EnvRunner]] = {"pusht_keypoints": _pusht_keypoints, "pusht_image": _pusht_image}
+def _robosuite(**kwargs) -> EnvRunner:
+    from .robosuite import RobosuiteRunner
+
+    return RobosuiteRunner(**kwargs)
+
+
+_RUNNERS: dict[str, Callable[..., EnvRunner]] = {"pusht_keypoints": _pusht_keypoints, "pusht_image": _pusht_image,
+                                                 "robosuite": _robosuite}
 
 
 def register_runner(name: str, factory: Callable[..., EnvRunner]) -> None:

@@ -28,7 +28,9 @@ class RolloutResult:
     """Outcome of one ``EnvRunner.run``: one entry per episode, in the order of ``seeds``.
 
     seeds (N,) int64, scores (N,) float64 (best reward of the episode), successes (N,) bool,
-    lengths (N,) int64 (env steps executed), act_times: wall time in s of every act_fn call.
+    lengths (N,) int64 (env steps executed), act_times: wall time in s of every act_fn call;
+    outcomes: for tasks with several ways to succeed, which one each episode took (a name per episode,
+    e.g. TwoCubeLift's "left" / "right" / "neither"), else None.
     """
 
     seeds: np.ndarray
@@ -36,6 +38,7 @@ class RolloutResult:
     successes: np.ndarray
     lengths: np.ndarray
     act_times: list[float] = field(default_factory=list)
+    outcomes: list[str] | None = None
 
     def __post_init__(self):
         self.seeds = np.asarray(self.seeds, dtype=np.int64).reshape(-1)
@@ -51,6 +54,17 @@ class RolloutResult:
                 raise ValueError(f"RolloutResult.{name} has {len(getattr(self, name))} entries, seeds has {n}")
         if not np.all(np.isfinite(self.scores)):
             raise ValueError(f"RolloutResult.scores must be finite, got {self.scores}")
+        if self.outcomes is not None:
+            self.outcomes = [str(o) for o in self.outcomes]
+            if len(self.outcomes) != n:
+                raise ValueError(f"RolloutResult.outcomes has {len(self.outcomes)} entries, seeds has {n}")
+
+    def outcome_shares(self) -> dict[str, float] | None:
+        """Share of episodes per outcome (None when the task names none)."""
+        if self.outcomes is None:
+            return None
+        names, counts = np.unique(np.asarray(self.outcomes), return_counts=True)
+        return {str(k): float(c) / self.n_episodes for k, c in zip(names, counts)}
 
     @property
     def n_episodes(self) -> int:
@@ -95,6 +109,7 @@ class RolloutResult:
             "act_time_ms_p50": ms(50),
             "act_time_ms_p99": ms(99),
             "act_times_s": list(self.act_times),
+            **({"outcomes": self.outcomes, "outcome_shares": self.outcome_shares()} if self.outcomes is not None else {}),
         }
 
 

@@ -58,6 +58,12 @@ class LockstepRunner(EnvRunner):
         """Options for ``env.reset`` of episode ``index`` (of ``n_episodes``) in this run; None by default."""
         return None
 
+    def episode_outcome(self, env: gym.Env) -> str | None:
+        """Which of several ways to succeed an ended episode took (its single-step env's ``outcome()``,
+        when it has one); None for tasks with one way."""
+        outcome = getattr(env.unwrapped, "outcome", None)
+        return None if outcome is None else str(outcome())
+
     def _env(self, i: int) -> MultiStepWrapper:
         # envs are reused across runs: reset(seed) rebuilds the simulation, so a pooled env is as good as a new one
         while len(self._envs) <= i:
@@ -83,6 +89,7 @@ class LockstepRunner(EnvRunner):
         scores = np.full(n, -np.inf)
         successes = np.zeros(n, dtype=bool)
         lengths = np.zeros(n, dtype=np.int64)
+        outcomes: list[str | None] = [None] * n
         act_times: list[float] = []
         recorders = [env.env for env in envs]  # the VideoRecorder under each MultiStepWrapper
         bar = _progress_bar(progress, total=math.ceil(self.max_episode_steps / self.n_action_steps), desc=self.name)
@@ -106,6 +113,7 @@ class LockstepRunner(EnvRunner):
                     lengths[i] = envs[i].elapsed_steps
                     if terminated or truncated:
                         recorders[i].stop()
+                        outcomes[i] = self.episode_outcome(envs[i])
                     else:
                         still_running.append(i)
                 active = still_running
@@ -117,7 +125,8 @@ class LockstepRunner(EnvRunner):
                 rec.stop()
             if bar is not None:
                 bar.close()
-        return RolloutResult(seeds=seeds, scores=scores, successes=successes, lengths=lengths, act_times=act_times)
+        return RolloutResult(seeds=seeds, scores=scores, successes=successes, lengths=lengths, act_times=act_times,
+                             outcomes=None if any(o is None for o in outcomes) else outcomes)
 
     def close(self):
         for env in self._envs:

@@ -14,6 +14,7 @@ evaluated offline.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,15 +31,33 @@ def _summary(buf: ReplayBuffer, seconds: float) -> str:
     return "\n".join(lines)
 
 
+def simulator(buf: ReplayBuffer, obs: list[str]) -> dict | None:
+    """The closed-loop evaluation block of a task yaml when the data names a simulator this package
+    runs (a robosuite task in robomimic's ``env_args``), else None (offline evaluation)."""
+    from ..envs.robosuite import TASKS
+
+    env_args = buf.attrs.get("env_args")
+    try:
+        args = json.loads(env_args) if isinstance(env_args, str) else env_args
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(args, dict) or args.get("type", 1) != 1 or args.get("env_name") not in TASKS:
+        return None
+    cams = [k[:-len("_image")] for k in obs if k.endswith("_image")]
+    return {"runner": "robosuite", "env_args": args, "obs_keys": [k for k in obs if not k.endswith("_image")],
+            "cameras": cams, "max_episode_steps": 400, "seed_start": 100000, "n_episodes": 50}
+
+
 def task_config(name: str, store: Path, buf: ReplayBuffer, action: str, obs: list[str]) -> dict:
-    """A task yaml for ``store``: the observation keys, the action, filters as splits when robomimic has them."""
+    """A task yaml for ``store``: the observation keys, the action, filters as splits when robomimic has
+    them, and the simulator when the data names one this package runs."""
     filters = buf.attrs.get("filters") or {}
     dataset = {"path": str(store), "obs": obs, "action": action, "val_ratio": 0.02, "split_seed": 42,
                "max_train_episodes": None}
     if "train" in filters and "valid" in filters:
         dataset.update(episode_filter="train", val_filter="valid")
     return {"name": name, "dataset": dataset, "shape_meta": None, "horizon": 16, "n_obs_steps": 2,
-            "n_action_steps": 8, "env": None}
+            "n_action_steps": 8, "env": simulator(buf, obs)}
 
 
 def main(argv: list[str] | None = None) -> int:

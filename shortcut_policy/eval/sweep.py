@@ -44,10 +44,13 @@ def sweep(policy, runner, steps_list: Sequence[int] = DEFAULT_STEPS, latency_ite
             # compared pair by pair (scripts/compare.py), with the standard error of the difference
             "episode_scores": [round(float(x), 4) for x in res.scores],
         }
+        if res.outcomes is not None:  # several ways to succeed: which one each episode took
+            out[str(n)].update(outcome_shares=res.outcome_shares(), episode_outcomes=res.outcomes)
         if progress:
             r = out[str(n)]
             print(f"  steps {n:>3}: score {r['score']:.3f}  success {r['success']:.2f}  "
-                  f"latency p50 {r['latency_ms_p50']:.2f} ms  p99 {r['latency_ms_p99']:.2f} ms")
+                  f"latency p50 {r['latency_ms_p50']:.2f} ms  p99 {r['latency_ms_p99']:.2f} ms"
+                  + (f"  outcomes {r['outcome_shares']}" if "outcome_shares" in r else ""))
     return {"episodes": len(seeds), "seeds": [min(seeds), max(seeds)] if seeds else [], "steps": out}
 
 

@@ -1,0 +1,122 @@
+"""robosuite tasks: environments from robomimic env_args, seeded resets, scripted experts, generated
+robomimic files (read back by our importer and, when installed, by robomimic itself), the task yaml
+the importer writes, and closed-loop runs with outcomes on the two-answer task."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("robosuite")
+pytest.importorskip("h5py")
+
+from shortcut_policy.envs.robosuite import LOW_DIM_KEYS, RobosuiteEnv, RobosuiteRunner, make_robosuite  # noqa: E402
+
+OLD_OSC = {  # a robosuite <= 1.4 part controller config, as old robomimic env_args hold it
+    "type": "OSC_POSE", "input_max": 1, "input_min": -1, "output_max": [0.05, 0.05, 0.05, 0.5, 0.5, 0.5],
+    "output_min": [-0.05, -0.05, -0.05, -0.5, -0.5, -0.5], "kp": 150, "damping": 1, "impedance_mode": "fixed",
+    "kp_limits": [0, 300], "damping_limits": [0, 10], "position_limits": None, "orientation_limits": None,
+    "uncouple_pos_ori": True, "control_delta": True, "interpolation": None, "ramp_ratio": 0.2}
+
+
+def test_environment_from_old_robomimic_env_args():
+    args = {"env_name": "Lift", "type": 1, "env_kwargs": {
+        "robots": ["Panda"], "controller_configs": OLD_OSC, "control_freq": 20, "reward_shaping": False,
+        "has_renderer": False, "has_offscreen_renderer": False, "use_camera_obs": False, "ignore_done": True}}
+    env = RobosuiteEnv(env_args=json.dumps(args))  # robomimic stores env_args as a JSON string
+    assert env.action_space.shape == (7,)
+    ctrl = env.sim.robots[0].composite_controller.part_controllers["right"]
+    assert type(ctrl).__name__ == "OperationalSpaceController" and ctrl.input_type == "delta"
+    assert np.allclose(ctrl.kp[:3], 150)  # the old config's gains, not the default ones
+    obs, _ = env.reset(seed=0)
+    assert {k: v.shape for k, v in obs.items()} == {"robot0_eef_pos": (3,), "robot0_eef_quat": (4,),
+                                                   "robot0_gripper_qpos": (2,), "object": (10,)}
+    with pytest.raises(ValueError, match="env_name"):
+        make_robosuite({"env_kwargs": {}})
+    with pytest.raises(ValueError, match="robosuite cannot make 'Nope'"):
+        make_robosuite({"env_name": "Nope", "type": 1, "env_kwargs": {}})
+
+
+def test_a_seed_fixes_the_scene_and_seeds_differ():
+    env = RobosuiteEnv(env_name="Lift")
+    a, _ = env.reset(seed=7)
+    env.step(np.ones(7) * 0.5)
+    b, _ = env.reset(seed=7)
+    c, _ = env.reset(seed=8)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.allclose(a["object"][:3], c["object"][:3])
+
+
+def test_reset_to_a_recorded_state():
+    env = RobosuiteEnv(env_name="Lift")
+    env.reset(seed=3)
+    for _ in range(5):
+        env.step(np.array([0.5, 0, -0.5, 0, 0, 0, -1]))
+    state = env.get_state()
+    env.sim.sim.forward()  # positions consistent with the state (after a step they lag one integration)
+    obs_then = env._obs(env.sim._get_observations(force_update=True))
+    obs, _ = env.reset(seed=99, options={"state": state})
+    assert np.allclose(obs["robot0_eef_pos"], obs_then["robot0_eef_pos"], atol=1e-6)
+    assert np.allclose(obs["object"][:3], obs_then["object"][:3], atol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["Lift", "TwoCubeLift"])
+def test_scripted_expert_solves_the_task(task):
+    from shortcut_policy.envs.robosuite_experts import run_episode
+
+    env = RobosuiteEnv(env_name=task)
+    rng = np.random.default_rng(0)
+    sides = set()
+    for seed in range(3):
+        ep = run_episode(env, seed, 200, rng)
+        assert ep["success"], (task, seed)
+        sides.add(ep["side"])
+        if task == "TwoCubeLift":  # the episode's outcome is the side the expert chose
+            assert env.outcome() == ("left", "right")[ep["side"]]
+        assert ep["data"]["actions"].shape == (ep["steps"], 7) and np.abs(ep["data"]["actions"]).max() <= 1
+
+
+def test_generated_file_imports_with_a_simulated_task(tmp_path):
+    from shortcut_policy.data.cli import main as import_main
+    from shortcut_policy.data.robomimic import import_robomimic
+    from shortcut_policy.envs.robosuite_experts import generate
+
+    import yaml
+
+    rep = generate("Lift", 4, tmp_path / "lift.hdf5", seed_start=0, progress=False)
+    assert rep["demos"] == 4 and rep["expert_success"] == 1.0 and rep["env_steps_per_s"] > 0
+    buf = import_robomimic(tmp_path / "lift.hdf5")
+    assert buf.n_episodes == 4 and set(LOW_DIM_KEYS) <= set(buf.keys()) and buf["states"].ndim == 2
+    assert json.loads(buf.attrs["env_args"])["env_name"] == "Lift"
+    filters = buf.attrs["filters"]
+    assert len(filters["valid"]) == 1 and sorted(filters["train"] + filters["valid"]) == [0, 1, 2, 3]
+    # the demonstrations replay: the recorded first state gives the recorded first observation
+    env = RobosuiteEnv(env_name="Lift")
+    obs, _ = env.reset(seed=123, options={"state": buf["states"][0]})
+    assert np.allclose(obs["object"], buf["object"][0], atol=1e-5)
+    import_main(["robomimic", "--src", str(tmp_path / "lift.hdf5"), "--out", str(tmp_path / "lift.zarr"),
+                 "--task-config", str(tmp_path / "task" / "lift.yaml")])
+    task = yaml.safe_load((tmp_path / "task" / "lift.yaml").read_text())
+    assert task["env"]["runner"] == "robosuite" and task["env"]["env_args"]["env_name"] == "Lift"
+    assert sorted(task["env"]["obs_keys"]) == sorted(LOW_DIM_KEYS) and task["env"]["cameras"] == []
+    try:  # robomimic's own reader, when installed
+        import robomimic.utils.file_utils as FileUtils
+    except Exception:
+        return
+    meta = FileUtils.get_env_metadata_from_dataset(str(tmp_path / "lift.hdf5"))
+    assert meta["env_name"] == "Lift" and meta["type"] == 1
+
+
+def test_runner_reports_success_and_two_cube_outcomes():
+    runner = RobosuiteRunner(n_obs_steps=2, n_action_steps=4, max_episode_steps=12, seeds=[1, 2], env_name="TwoCubeLift")
+    assert runner.observation_shapes()["object"] == ((20,), np.dtype(np.float32))
+
+    def stay(obs):  # hover: nothing lifted, the gripper far from both cubes
+        return np.zeros((len(obs["object"]), 4, 7))
+
+    res = runner.run(stay, progress=False)
+    assert res.success == 0.0 and res.outcomes == ["neither", "neither"]
+    assert res.to_dict()["outcome_shares"] == {"neither": 1.0}
+    lift = RobosuiteRunner(max_episode_steps=8, seeds=[1], env_name="Lift")
+    assert lift.run(lambda o: np.zeros((1, 8, 7)), progress=False).outcomes is None
