@@ -30,8 +30,21 @@ def _robosuite(**kwargs) -> EnvRunner:
     return RobosuiteRunner(**kwargs)
 
 
+def _adroit_door(**kwargs) -> EnvRunner:
+    from .adroit import AdroitDoorRunner
+
+    return AdroitDoorRunner(**kwargs)
+
+
+def _metaworld(**kwargs) -> EnvRunner:
+    from .metaworld import MetaWorldRunner
+
+    return MetaWorldRunner(**kwargs)
+
+
 _RUNNERS: dict[str, Callable[..., EnvRunner]] = {"pusht_keypoints": _pusht_keypoints, "pusht_image": _pusht_image,
-                                                 "robosuite": _robosuite}
+                                                 "robosuite": _robosuite, "adroit_door": _adroit_door,
+                                                 "metaworld": _metaworld}
 
 
 def register_runner(name: str, factory: Callable[..., EnvRunner]) -> None:

@@ -1,6 +1,7 @@
-"""robosuite tasks: environments from robomimic env_args, seeded resets, scripted experts, generated
+"""The MuJoCo suites. robosuite: environments from robomimic env_args, seeded resets, scripted experts, generated
 robomimic files (read back by our importer and, when installed, by robomimic itself), the task yaml
-the importer writes, and closed-loop runs with outcomes on the two-answer task."""
+the importer writes, closed-loop runs with outcomes on the two-answer task. Adroit door and Meta-World:
+seeded scenes, recorded starts, one-hot multi-task data and runners."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("robosuite")
+pytest.importorskip("robosuite")  # the suites extra (scripts/setup.sh installs it)
 pytest.importorskip("h5py")
 
 from shortcut_policy.envs.robosuite import LOW_DIM_KEYS, RobosuiteEnv, RobosuiteRunner, make_robosuite  # noqa: E402
@@ -120,3 +121,53 @@ def test_runner_reports_success_and_two_cube_outcomes():
     assert res.to_dict()["outcome_shares"] == {"neither": 1.0}
     lift = RobosuiteRunner(max_episode_steps=8, seeds=[1], env_name="Lift")
     assert lift.run(lambda o: np.zeros((1, 8, 7)), progress=False).outcomes is None
+
+
+# ----------------------------------------------------------------------------- Adroit door, Meta-World
+def test_adroit_door_runner_from_seeded_resets_and_demo_states(shared_data):
+    pytest.importorskip("gymnasium_robotics")
+    import zarr
+
+    from shortcut_policy.envs.adroit import AdroitDoorEnv, AdroitDoorRunner
+
+    runner = AdroitDoorRunner(max_episode_steps=8, seeds=[0, 1])
+    assert runner.observation_shapes() == {"obs": ((39,), np.dtype(np.float32))}
+    res = runner.run(lambda o: np.zeros((len(o["obs"]), 8, 28)), progress=False)
+    assert res.success == 0.0 and res.lengths.tolist() == [8, 8]
+    root = zarr.open_group(str(shared_data / "adroit" / "door_human_v0.zarr"), mode="r")
+    env = AdroitDoorEnv()
+    state = {k: root[f"meta/init_{k}"][0] for k in ("qpos", "qvel", "door_body_pos")}
+    a, _ = env.reset(seed=0, options={"initial_state_dict": state})
+    b, _ = env.reset(seed=5, options={"initial_state_dict": state})
+    assert np.array_equal(a["obs"], b["obs"])  # a recorded state, whatever the seed
+
+
+def test_metaworld_seeds_scenes_one_hot_tasks_and_scripted_data(tmp_path):
+    pytest.importorskip("metaworld")
+    from shortcut_policy.data.dataset import SequenceDataset
+    from shortcut_policy.envs.metaworld import MetaWorldEnv, MetaWorldRunner, generate
+
+    env = MetaWorldEnv(["push-v3", "drawer-open-v3"])
+    a, _ = env.reset(seed=1, options={"task": "push-v3"})
+    b, _ = env.reset(seed=1, options={"task": "push-v3"})
+    c, _ = env.reset(seed=2, options={"task": "push-v3"})
+    assert np.array_equal(a["obs"], b["obs"]) and not np.allclose(a["obs"], c["obs"])
+    assert a["task_id"].tolist() == [1.0, 0.0]
+    d, _ = env.reset(seed=1, options={"task": "drawer-open-v3"})
+    assert d["task_id"].tolist() == [0.0, 1.0] and env.outcome() == "drawer-open-v3"
+    with pytest.raises(ValueError, match="unknown Meta-World tasks"):
+        MetaWorldEnv(["push-v2"])
+
+    rep = generate(["push-v3", "drawer-open-v3"], 2, tmp_path / "mw.zarr", progress=False)
+    assert rep["demos"] == 4 and all(t["expert_success"] > 0 for t in rep["tasks"].values())
+    ds = SequenceDataset(tmp_path / "mw.zarr", ["obs", "task_id"], "action", val_ratio=0.0)
+    assert ds.shape_meta.describe() == "obs (39,) low_dim, task_id (2,) low_dim -> action (4,)"
+    ids = ds.replay_buffer["task_id"]
+    assert set(map(tuple, ids.tolist())) == {(1.0, 0.0), (0.0, 1.0)}
+    assert ds.attrs["tasks"] == ["push-v3", "drawer-open-v3"]
+
+    runner = MetaWorldRunner(max_episode_steps=6, seeds=[5, 6, 7], tasks=["push-v3", "drawer-open-v3"])
+    res = runner.run(lambda o: np.zeros((len(o["obs"]), 8, 4)), progress=False)
+    assert res.outcomes == ["push-v3", "drawer-open-v3", "push-v3"]  # seeds dealt to the tasks in turn
+    with pytest.raises(ValueError, match="500"):
+        MetaWorldRunner(max_episode_steps=600, tasks=["push-v3"])
