@@ -32,10 +32,17 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Atomically write ``state`` (tensors, numbers, strings, lists, dicts) to ``path``."""
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:  # torch wraps a full disk in a RuntimeError of its writer
+        cause = e
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__
+        raise CheckpointError(f"cannot write checkpoint {path}: {cause} (disk full or not writable?); the previous "
+                              "checkpoint is intact") from e
     return path
 
 

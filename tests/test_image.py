@@ -16,6 +16,7 @@ from shortcut_policy.image.data import ImageDataError, load_folder, load_mnist, 
 from shortcut_policy.image.eval import (SmallCNN, evaluate_image_model, frechet_distance, gaussian_stats,
                                         train_classifier)
 from shortcut_policy.image.run import load_image_model, run_image_training
+from shortcut_policy.train.run_dir import RunDirError
 
 K = 3  # classes of the toy field; the null class is K
 M = 8  # smallest step 1/M in these tests
@@ -276,10 +277,12 @@ def _run(tmp_path, data, steps, kind="shortcut"):
 
 def test_train_resume_sample_evaluate(tmp_path):
     data = _toy_npz(tmp_path)
-    out, metrics = run_image_training(_run(tmp_path, data, 4))
+    out, metrics = run_image_training(_run(tmp_path, data, 6))
     assert np.isfinite(metrics["train/loss"]) and "train/loss_consistency" in metrics
     ckpt = out / "checkpoints" / "latest.pt"
-    out, _ = run_image_training(_run(tmp_path, data, 6))  # same out_dir: resumes at step 4
+    out, _ = run_image_training(_run(tmp_path, data, 6))  # same out_dir and run: resumes at its end
+    with pytest.raises(RunDirError, match="train.steps: checkpoint 6, now 8"):  # a longer schedule is another run
+        run_image_training(_run(tmp_path, data, 8))
     model, run = load_image_model(ckpt)
     assert run["checkpoint"]["step"] == 6 and model.cfg.num_classes == 2 and model.cfg.shape == (1, 8, 8)
     lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]

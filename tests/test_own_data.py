@@ -52,7 +52,11 @@ def test_robomimic_file_to_trained_policy(tmp_path):
     task = yaml.safe_load((cfg_dir / "task" / "lift.yaml").read_text())
     assert task["dataset"]["obs"] == ["robot0_eef_pos", "object"] and task["dataset"]["action"] == "actions"
     assert task["dataset"]["episode_filter"] == "train" and task["dataset"]["val_filter"] == "valid"
-    assert task["env"] is None
+    # robomimic's env_args names robosuite's Lift, which this package simulates: closed-loop evaluation
+    assert task["env"]["runner"] == "robosuite" and task["env"]["env_args"]["env_name"] == "Lift"
+    assert task["env"]["obs_keys"] == ["robot0_eef_pos", "object"]
+    task["env"] = None  # a robot without a simulator: the offline path
+    (cfg_dir / "task" / "lift.yaml").write_text(yaml.safe_dump(task, sort_keys=False))
     ckpt = train_with_task_yaml(cfg_dir, "lift", tmp_path / "run")
     policy, run = ShortcutPolicy.from_checkpoint(ckpt)
     assert policy.shape_meta.describe() == "robot0_eef_pos (3,) low_dim, object (10,) low_dim -> action (7,)"

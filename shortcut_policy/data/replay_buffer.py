@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -331,9 +332,17 @@ def _read_array(group, name: str, path: Path, where: str) -> np.ndarray:
     try:
         arr = group[name]
         out = np.asarray(arr[...])
-    except Exception as e:  # truncated or corrupt chunks: zarr/numcodecs raise many types
+        present, expected = arr.nchunks_initialized, arr.nchunks
+    except Exception as e:  # truncated or corrupt chunks or metadata: zarr/numcodecs raise many types
         raise DatasetError(f"cannot read {where}/{name} of {path}: {type(e).__name__}: {e} "
                            "(truncated or corrupt store?)") from e
+    # zarr reads an absent chunk as fill values, silently. zarr 2 (Diffusion Policy's stores) and this
+    # package's writer store every chunk, but zarr 3's defaults skip chunks that equal the fill value, so
+    # an absent chunk is damage only maybe: said aloud here, and an error for stores with checksums.
+    if arr.size and present < expected:
+        warnings.warn(f"{path}: {where}/{name} has {present} of its {expected} chunks on disk; zarr reads the missing "
+                      "ones as zeros. Unless the writer skipped all-zero chunks (zarr 3's default), the store is "
+                      "damaged: re-copy or re-import it", RuntimeWarning, stacklevel=3)
     return out
 
 

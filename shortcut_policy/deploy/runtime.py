@@ -124,7 +124,10 @@ class ExportedPolicy:
         obs = self.check_obs(obs)
         batch = next(iter(obs.values())).shape[0]
         noise = self.check_noise(noise, batch)
-        return self._runner([obs[k] for k in self.shape_meta.keys], noise)
+        chunk, seq = self._runner([obs[k] for k in self.shape_meta.keys], noise)
+        if not (np.isfinite(chunk).all() and np.isfinite(seq).all()):
+            raise FloatingPointError(f"{self.path} produced NaN or inf actions; refusing to return them")
+        return chunk, seq
 
     def predict_action_chunk(self, obs_history: Any, noise: Any | None = None) -> np.ndarray:
         """{key: (B, n_obs_steps, *shape)} raw -> (B, n_action_steps, action_dim) raw actions.

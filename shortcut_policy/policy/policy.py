@@ -10,6 +10,7 @@ executed chunk starts at the last observed step (index n_obs_steps - 1), as in D
 """
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class ShortcutPolicy(nn.Module):
     as floats, rgb keys as uint8 (H, W, 3)); anything else is refused with the key, the shape it got
     and the shape expected.
     """
+
+    OUT_OF_RANGE = 3.0  # normalized units ([-1, 1] is the training data's range)
 
     def __init__(self, cfg: PolicyConfig):
         super().__init__()
@@ -110,8 +113,17 @@ class ShortcutPolicy(nn.Module):
 
     def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Prepared observations (``prepare_obs``) -> the network's condition (B, cond_dim):
-        normalization, then the observation encoder."""
-        return self.obs_encoder(self.normalizer.normalize_dict(obs))
+        normalization, then the observation encoder. Low-dim values far outside the training data's
+        range (more than ``OUT_OF_RANGE`` times its half-width from its centre) are passed on with a
+        warning: the actions that follow are extrapolation."""
+        nobs = self.normalizer.normalize_dict(obs)
+        if not self.training:
+            for key in self.shape_meta.low_dim_keys:
+                worst = float(nobs[key].abs().max()) if nobs[key].numel() else 0.0
+                if worst > self.OUT_OF_RANGE:
+                    warnings.warn(f"observation[{key!r}] is {worst:.3g} half-ranges from the training data's centre "
+                                  f"(beyond {self.OUT_OF_RANGE}): the policy extrapolates", RuntimeWarning, stacklevel=3)
+        return self.obs_encoder(nobs)
 
     def example_obs(self, batch: int = 1) -> dict[str, torch.Tensor]:
         """Observations of the right shapes and dtypes, inside the data range: low-dim keys at the
@@ -175,6 +187,9 @@ class ShortcutPolicy(nn.Module):
         x0 = torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
         x0 = x0.to(self.device, cond.dtype)
         naction = self.objective.sample(self.net, x0, n, cond, generator=generator, sampler=sampler)  # (B, H, A)
+        if not torch.isfinite(naction).all():
+            raise FloatingPointError("the policy produced NaN or inf actions (non-finite weights or inputs); "
+                                     "refusing to return them")
         return self.normalizer.unnormalize("action", naction)
 
     @torch.no_grad()
@@ -199,6 +214,11 @@ class ShortcutPolicy(nn.Module):
         """
         obs = self.shape_meta.check_obs(obs, n_lead=1, lead_names=("B",))
         obs = {k: torch.as_tensor(v) for k, v in obs.items()}
+        if self._obs_queue:
+            b_old, b_new = next(iter(self._obs_queue[-1].values())).shape[0], next(iter(obs.values())).shape[0]
+            if b_old != b_new:
+                raise ValueError(f"select_action got a batch of {b_new} after {b_old} without reset(): the queued "
+                                 "observations and actions belong to the old batch; call policy.reset() first")
         if not self._obs_queue:
             for _ in range(self.cfg.n_obs_steps):
                 self._obs_queue.append(obs)

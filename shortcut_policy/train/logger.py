@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,11 @@ class RunLogger:
         .mp4 file, e.g. an evaluation rollout, as videos)."""
         if not self.enabled:
             return
+        bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            raise FloatingPointError(f"metrics {bad} are NaN or inf at step {step}: {metrics}")
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+            f.write(json.dumps({"step": step, **metrics}, allow_nan=False) + "\n")
         if self._wandb is not None:
             import wandb
 

@@ -13,11 +13,20 @@ evaluation, and checkpoints that resume at the exact step:
   uint8 until the model (augmentation runs on the batch, on the device);
 - the global torch RNG state (noise, t and level draws) is stored in each checkpoint.
 
-Rank-awareness: ``is_main`` gates logging and checkpoint writes; a DistributedDataParallel run
-shards ``_batch_indices`` by rank and wraps ``model`` at the marked place.
+Several processes (``torchrun --nproc_per_node=N -m shortcut_policy.train ...``): every rank draws
+the same seeded global batch and takes its contiguous share (batch_size / N each), the loss runs
+through DistributedDataParallel (gloo on CPU, nccl on CUDA) around ``compute_loss``, the EMA follows
+the unwrapped model, rank r seeds its noise with seed + r, and rank 0 alone logs, validates,
+evaluates and writes checkpoints, which hold every rank's RNG state so a resume is exact in each.
+
+The run directory (``run_dir``): one run at a time (a lock), no restart over a checkpoint without
+``resume``, a resume refuses a config that would change the run, metrics.jsonl is cut back to the
+checkpoint, SIGTERM checkpoints and exits (143), NaN or inf in the loss or the EMA weights stops the
+run with the step named.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -29,9 +38,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..core.ema import EMA
-from ..checkpoint import load_checkpoint, load_state_strict, save_checkpoint, save_weights
+from ..checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint, save_weights
 from ..utils import resolve_device
 from .logger import RunLogger
+from .run_dir import RunDirError, RunLock, check_resume, clean_stale_temporaries, refuse_restart, truncate_metrics
 
 
 @dataclass
@@ -73,6 +83,15 @@ class TrainConfig:
             raise ValueError("train.lr must be > 0 and train.weight_decay, train.warmup_steps >= 0")
         if self.num_workers < 0:
             raise ValueError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        for name in ("log_every", "val_every", "ckpt_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"train.{name} must be >= 1 (steps), got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"train.eval_every must be >= 0 (0 = only at the end), got {self.eval_every}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"train.grad_clip must be > 0 (a norm) or null, got {self.grad_clip}")
+        if not all(0.0 <= b < 1.0 for b in self.betas) or len(self.betas) != 2:
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {list(self.betas)}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then cosine to 0."""
@@ -95,16 +114,19 @@ def _batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tenso
 
 
 class StepBatches(Sampler):
-    """The index batches of optimizer steps ``start .. steps - 1`` (``_batch_indices``), in order."""
+    """The index batches of optimizer steps ``start .. steps - 1`` (``_batch_indices``), in order; rank
+    ``rank`` of ``world`` processes takes its contiguous share of each global batch."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, steps: int):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, steps: int, rank: int = 0, world: int = 1):
         if n < batch_size:
             raise ValueError(f"dataset has {n} samples, fewer than one batch of {batch_size}")
         self.n, self.batch_size, self.seed, self.start, self.steps = n, batch_size, seed, start, steps
+        share = batch_size // world
+        self.lo, self.hi = rank * share, (rank + 1) * share
 
     def __iter__(self):
         for step in range(self.start, self.steps):
-            yield _batch_indices(self.n, self.batch_size, step, self.seed).tolist()
+            yield _batch_indices(self.n, self.batch_size, step, self.seed)[self.lo:self.hi].tolist()
 
     def __len__(self) -> int:
         return max(0, self.steps - self.start)
@@ -123,9 +145,10 @@ class _Batched(Dataset):
         return len(self.dataset)
 
 
-def batch_loader(dataset: Dataset, cfg: TrainConfig, start: int, device: torch.device) -> DataLoader:
-    """Batches for steps ``start .. cfg.steps - 1``; see the module doc."""
-    batches = StepBatches(len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps)
+def batch_loader(dataset: Dataset, cfg: TrainConfig, start: int, device: torch.device, rank: int = 0,
+                 world: int = 1) -> DataLoader:
+    """Batches (this rank's share) for steps ``start .. cfg.steps - 1``; see the module doc."""
+    batches = StepBatches(len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps, rank, world)
     # a private generator: the loader's base seed must not draw from the global RNG, whose state the
     # checkpoint carries (a resumed run would otherwise diverge from an uninterrupted one)
     common = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda", persistent_workers=False,
@@ -161,6 +184,125 @@ def validation_loss(model, dataset: Dataset, batch_size: int, device: torch.devi
     return sum(losses) / len(losses)
 
 
+class _LossModule(torch.nn.Module):
+    """``model.compute_loss`` as a forward, so DistributedDataParallel sees (and syncs) the backward."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, teacher=None):
+        return self.model.compute_loss(batch, teacher=teacher)
+
+
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (world 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device_type: str) -> Dist:
+        """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK and join the process group (gloo on CPU, nccl on
+        CUDA); world 1 when they are absent."""
+        import os
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        import torch.distributed as tdist
+
+        if not tdist.is_initialized():
+            tdist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        return cls(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    def all_mean(self, values: dict[str, float]) -> dict[str, float]:
+        if self.world == 1 or not values:
+            return values
+        import torch.distributed as tdist
+
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        tdist.all_reduce(t)
+        return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
+
+    def any(self, flag: bool) -> bool:
+        if self.world == 1:
+            return flag
+        import torch.distributed as tdist
+
+        t = torch.tensor([int(flag)])
+        tdist.all_reduce(t)
+        return bool(t.item())
+
+    def gather(self, obj: Any) -> list[Any]:
+        if self.world == 1:
+            return [obj]
+        import torch.distributed as tdist
+
+        out: list[Any] = [None] * self.world
+        tdist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as tdist
+
+            tdist.barrier()
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Any, device: torch.device, where: str) -> None:
+    if isinstance(state, torch.Tensor):  # checkpoints before per-device RNG states
+        state = {"cpu": state}
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        if "cuda" not in state:
+            raise CheckpointError(f"{where} was written without a CUDA RNG state (a CPU run): a resume on CUDA "
+                                  "cannot be exact; resume on the CPU, or start a new out_dir")
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class _Stop:
+    """SIGTERM (a scheduler's preemption, ``kill``): finish the step, checkpoint, exit with 143."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self) -> _Stop:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, self._old)
+
+
+REQUIRED_STATE = ("model", "ema", "optimizer", "rng", "step")
+
+
 def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: str | Path,
           run_config: dict[str, Any], teacher_ema_decay: float | None = None, val_dataset: Dataset | None = None,
           evaluate: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
@@ -173,63 +315,99 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
     ``select = (metric, "max" | "min")`` keeps the best evaluated checkpoint as ``checkpoints/best.*``
     beside ``latest.*``. Each save writes the training state (``.pt``) and the inference file
     (``.safetensors``: EMA weights and config). With ``resume``, an existing
-    ``out_dir/checkpoints/latest.pt`` is continued.
+    ``out_dir/checkpoints/latest.pt`` is continued (``run_dir.check_resume`` says what may differ);
+    without it, a folder holding a checkpoint is refused. Under torchrun every rank runs this with its
+    shard of each batch (see the module doc).
     """
-    is_main = True  # rank 0 of a distributed run
-    out_dir = Path(out_dir)
-    ckpt_path = out_dir / "checkpoints" / "latest.pt"
     device = resolve_device(cfg.device)
+    dist = Dist.from_env(device.type)
+    out_dir = Path(dist.gather(str(out_dir))[0])  # rank 0's (a default out_dir holds a timestamp)
+    ckpt_path = out_dir / "checkpoints" / "latest.pt"
+    if dist.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    if cfg.batch_size % dist.world:
+        raise ValueError(f"train.batch_size {cfg.batch_size} must divide among {dist.world} processes")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + dist.rank)  # each rank its own noise; rank 0 of any world is the 1-process run
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     ema = EMA(model, max_decay=cfg.ema_max_decay, power=cfg.ema_power)
     # the consistency targets' teacher: the online weights (None), or an EMA at a constant decay from step 0
     teacher_ema = EMA(model, max_decay=teacher_ema_decay, warmup=False) if teacher_ema_decay is not None else None
-
     if select is not None and select[1] not in ("max", "min"):
         raise ValueError(f"select must be (metric, 'max' | 'min'), got {select!r}")
-    start, best = 0, None
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        load_state_strict(model, state["model"], f"checkpoint {ckpt_path} (model)")
-        ema.load_state_dict(state["ema"])
-        if teacher_ema is not None:
-            if state.get("teacher_ema") is None:
-                raise ValueError(f"{ckpt_path} was trained without an EMA teacher; cannot resume with teacher=ema")
-            teacher_ema.load_state_dict(state["teacher_ema"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        start = int(state["step"])
-        best = state.get("best")
-        print(f"resuming {ckpt_path} at step {start}")
 
+    with contextlib.ExitStack() as stack:
+        if dist.main:
+            stack.enter_context(RunLock(out_dir))
+            refuse_restart(ckpt_path, resume)
+            clean_stale_temporaries(ckpt_path.parent)
+        dist.barrier()
+        start, best = 0, None
+        if resume and ckpt_path.exists():
+            state = load_checkpoint(ckpt_path, map_location=device)
+            missing = [k for k in REQUIRED_STATE if state.get(k) is None]
+            if missing:
+                raise CheckpointError(f"{ckpt_path} lacks {missing}: an inference-only or damaged file cannot resume "
+                                      "a run (start a new out_dir; ShortcutPolicy.from_checkpoint still reads it)")
+            check_resume(state["config"], run_config, ckpt_path)
+            load_state_strict(model, state["model"], f"checkpoint {ckpt_path} (model)")
+            ema.load_state_dict(state["ema"])
+            if teacher_ema is not None:
+                if state.get("teacher_ema") is None:
+                    raise ValueError(f"{ckpt_path} was trained without an EMA teacher; cannot resume with teacher=ema")
+                teacher_ema.load_state_dict(state["teacher_ema"])
+            opt.load_state_dict(state["optimizer"])
+            ranks = state.get("rng_ranks") or [state["rng"]]
+            if len(ranks) != dist.world:
+                raise RunDirError(f"{ckpt_path} was written by {len(ranks)} process(es); resume it with as many "
+                                  f"(now {dist.world}) so every rank continues its own random stream")
+            _set_rng_state(ranks[dist.rank], device, str(ckpt_path))
+            start = int(state["step"])
+            best = state.get("best")
+            if dist.main:
+                dropped = truncate_metrics(out_dir / "metrics.jsonl", start)
+                print(f"resuming {ckpt_path} at step {start}"
+                      + (f" ({dropped} metrics lines after it dropped)" if dropped else ""))
+        return _run(model, dataset, cfg, out_dir, ckpt_path, run_config, device, dist, opt, ema, teacher_ema,
+                    val_dataset, evaluate, select, start, best, stack.enter_context(_Stop()))
+
+
+def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_config, device, dist: Dist, opt, ema,
+         teacher_ema, val_dataset, evaluate, select, start: int, best, stop: _Stop) -> dict[str, Any]:
     logger = RunLogger(out_dir, run_config, wandb_mode=cfg.wandb, project=cfg.wandb_project,
-                       name=out_dir.name, enabled=is_main)
+                       name=out_dir.name, enabled=dist.main)
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        loss_fn = DistributedDataParallel(_LossModule(model), device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        loss_fn = _LossModule(model)
 
     def checkpoint(step: int, metrics: dict[str, Any], path: Path = ckpt_path) -> None:
-        if not is_main:
-            return
-        save_checkpoint(path, {
-            "config": run_config, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
-            "teacher_ema": teacher_ema.state_dict() if teacher_ema is not None else None,
-            "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "metrics": metrics,
-            "train_config": dataclasses.asdict(cfg), "best": best})
-        save_weights(path.with_suffix(".safetensors"), ema.module.state_dict(), run_config, step)
+        rng_ranks = dist.gather(_rng_state(device))  # a collective: every rank calls it
+        if dist.main:
+            save_checkpoint(path, {
+                "config": run_config, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
+                "teacher_ema": teacher_ema.state_dict() if teacher_ema is not None else None,
+                "optimizer": opt.state_dict(), "rng": rng_ranks[0], "rng_ranks": rng_ranks, "metrics": metrics,
+                "train_config": dataclasses.asdict(cfg), "best": best, "world_size": dist.world})
+            save_weights(path.with_suffix(".safetensors"), ema.module.state_dict(), run_config, step)
 
     metrics: dict[str, Any] = {}
     bar = None
-    if cfg.progress and is_main and start < cfg.steps:
+    if cfg.progress and dist.main and start < cfg.steps:
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=start, desc="train", dynamic_ncols=True)
     t_last, sums, n_sum = time.perf_counter(), {}, 0
-    for step, batch in zip(range(start, cfg.steps), batch_loader(dataset, cfg, start, device)):
+    for step, batch in zip(range(start, cfg.steps), batch_loader(dataset, cfg, start, device, dist.rank, dist.world)):
         batch = _to_device(batch, device)
         lr = cfg.lr_at(step)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, info = model.compute_loss(batch, teacher=teacher_ema.module if teacher_ema is not None else None)
+        loss, info = loss_fn(batch, teacher_ema.module if teacher_ema is not None else None)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}; last metrics {metrics}")
         opt.zero_grad(set_to_none=True)
@@ -247,27 +425,41 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             now = time.perf_counter()
-            metrics = {f"train/{k}": v / n_sum for k, v in sums.items()}
+            metrics = dist.all_mean({f"train/{k}": v / n_sum for k, v in sums.items()})
             metrics.update({"train/lr": lr, "train/steps_per_s": n_sum / (now - t_last)})
             t_last, sums, n_sum = now, {}, 0
-            if val_dataset is not None and len(val_dataset) and (done % cfg.val_every == 0 or done == cfg.steps):
+            bad = [n for n, p in ema.module.named_parameters() if not torch.isfinite(p).all()]
+            if bad:
+                raise FloatingPointError(f"the EMA weights hold NaN or inf at step {done} ({bad[:3]}); the last "
+                                         f"checkpoint is the last finite state")
+            if dist.main and val_dataset is not None and len(val_dataset) and (done % cfg.val_every == 0 or done == cfg.steps):
                 metrics["val/loss"] = validation_loss(ema.module, val_dataset, cfg.batch_size, device)
             logger.log(metrics, done)
             if bar is not None:
                 bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", refresh=False)
         evaluating = evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps)
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or evaluating:
+        stopping = dist.any(stop.requested)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or evaluating or stopping:
             checkpoint(done, metrics)
+        if stopping:
+            if bar is not None:
+                bar.close()
+            logger.close()
+            print(f"stopped by SIGTERM after step {done}: checkpoint {ckpt_path} written; the same command resumes it")
+            raise SystemExit(143)
         if evaluating:
-            ev = evaluate(ema.module, done)
-            metrics.update(ev)
-            logger.log(ev, done)
-            if select is not None and select[0] in ev:
-                value = float(ev[select[0]])
-                if best is None or (value > best["value"] if select[1] == "max" else value < best["value"]):
-                    best = {"metric": select[0], "value": value, "step": done}
-                    checkpoint(done, metrics, ckpt_path.with_name("best.pt"))
-                    checkpoint(done, metrics)  # latest records the best so far (exact resume of the selection)
+            if dist.main:
+                ev = evaluate(ema.module, done)
+                metrics.update(ev)
+                logger.log(ev, done)
+                if select is not None and select[0] in ev:
+                    value = float(ev[select[0]])
+                    if best is None or (value > best["value"] if select[1] == "max" else value < best["value"]):
+                        best = {"metric": select[0], "value": value, "step": done}
+            best = dist.gather(best)[0]  # every rank records rank 0's selection
+            if best is not None and best["step"] == done:
+                checkpoint(done, metrics, ckpt_path.with_name("best.pt"))
+                checkpoint(done, metrics)  # latest records the best so far (exact resume of the selection)
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -1,0 +1,314 @@
+"""The fault suite: every way a run, a file or an input can go wrong ends in an exact continuation or an
+error that names the problem; nothing is silent and nothing is lost."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from shortcut_policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from shortcut_policy.core.config import objective_config
+from shortcut_policy.policy import PolicyConfig, ShortcutPolicy
+from shortcut_policy.train.loop import TrainConfig, train
+from shortcut_policy.train.run_dir import RunDirError, RunLock
+
+from .conftest import REPO
+
+SHAPE_META = {"obs": {"state": {"shape": [5]}}, "action": {"shape": [2]}}
+TINY = {"net": "unet1d", "net_kwargs": {"down_dims": [16, 32], "kernel_size": 3, "n_groups": 4}}
+
+
+class Chunks(torch.utils.data.Dataset):
+    def __init__(self, n=48):
+        g = torch.Generator().manual_seed(0)
+        self.obs = torch.randn(n, 8, 5, generator=g)
+        self.act = self.obs[..., :2].cumsum(1) + 0.1 * torch.randn(n, 8, 2, generator=g)
+
+    def __len__(self):
+        return len(self.obs)
+
+    def __getitem__(self, i):
+        return {"obs": {"state": self.obs[i, :2]}, "action": self.act[i]}
+
+
+def make(seed=0, **objective):
+    torch.manual_seed(seed)
+    cfg = PolicyConfig(shape_meta=SHAPE_META, horizon=8, n_obs_steps=2, n_action_steps=4,
+                       objective=objective_config({"kind": "shortcut", **objective}), **TINY)
+    p = ShortcutPolicy(cfg)
+    ds = Chunks()
+    p.normalizer.fit({"state": ds.obs, "action": ds.act})
+    return p, ds
+
+
+def run_cfg(p, **train_fields):
+    cfg = tcfg(**train_fields)
+    return cfg, {"policy_config": p.cfg.to_dict(), "task": {"name": "toy"}, "train": cfg.__dict__.copy()}
+
+
+def tcfg(steps=6, **kw):
+    base = dict(steps=steps, batch_size=8, warmup_steps=2, log_every=2, val_every=2, ckpt_every=3, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+# ----------------------------------------------------------------------------- bad settings
+@pytest.mark.parametrize("field,value,match", [
+    ("grad_clip", -1.0, "grad_clip must be > 0"), ("grad_clip", 0.0, "grad_clip must be > 0"),
+    ("ckpt_every", 0, "ckpt_every must be >= 1"), ("log_every", -1, "log_every must be >= 1"),
+    ("val_every", 0, "val_every must be >= 1"), ("eval_every", -1, "eval_every must be >= 0"),
+    ("betas", (0.9, 1.5), "betas"), ("num_workers", -2, "num_workers")])
+def test_bad_train_settings_are_named(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        tcfg(**{field: value})
+
+
+# ----------------------------------------------------------------------------- the run directory
+def test_resume_refuses_settings_that_change_the_run_and_accepts_the_rest(tmp_path):
+    p, ds = make()
+    cfg, run = run_cfg(p, steps=3)
+    train(p, ds, cfg, tmp_path, run)
+    for change, field in ((dict(seed=1), "train.seed"), (dict(lr=5e-4), "train.lr"), (dict(steps=9), "train.steps"),
+                          (dict(batch_size=4), "train.batch_size")):
+        p2, _ = make()
+        cfg2, run2 = run_cfg(p2, **{"steps": 3, **change})
+        with pytest.raises(RunDirError, match=rf"{field}: checkpoint .*, now "):
+            train(p2, ds, cfg2, tmp_path, run2)
+    p3, _ = make(max_inference_steps=8)
+    cfg3, run3 = run_cfg(p3, steps=3)
+    with pytest.raises(RunDirError, match="max_inference_steps: checkpoint 16, now 8"):
+        train(p3, ds, cfg3, tmp_path, run3)
+    p4, _ = make()
+    cfg4, run4 = run_cfg(p4, steps=3, log_every=1, ckpt_every=1, num_threads=1)  # logging and threads may change
+    train(p4, ds, cfg4, tmp_path, run4)
+
+
+def test_restart_over_a_checkpoint_and_a_second_run_on_one_folder_are_refused(tmp_path):
+    p, ds = make()
+    cfg, run = run_cfg(p, steps=2)
+    train(p, ds, cfg, tmp_path, run)
+    before = (tmp_path / "checkpoints" / "latest.pt").read_bytes()
+    with pytest.raises(RunDirError, match="resume=false would overwrite it"):
+        train(p, ds, cfg, tmp_path, run, resume=False)
+    assert (tmp_path / "checkpoints" / "latest.pt").read_bytes() == before
+    with RunLock(tmp_path / "busy"):
+        with pytest.raises(RunDirError, match=rf"in use by another training run \(pid {os.getpid()}\)"):
+            train(p, ds, cfg, tmp_path / "busy", run)
+
+
+def test_resume_cuts_metrics_back_to_the_checkpoint_and_removes_stale_temporaries(tmp_path):
+    p, ds = make()
+    cfg, run = run_cfg(p, steps=3)
+    train(p, ds, cfg, tmp_path, run)
+    metrics = tmp_path / "metrics.jsonl"
+    with metrics.open("a") as f:  # a run that died after logging step 4 but before its checkpoint
+        f.write(json.dumps({"step": 4, "train/loss": 9.0}) + "\n" + '{"step": 5, "train/lo')
+    stale = tmp_path / "checkpoints" / ".latest.pt.abc123.tmp"
+    stale.write_bytes(b"x" * 1000)  # what a kill during a checkpoint write leaves
+    p2, _ = make()
+    cfg2, run2 = run_cfg(p2, steps=3)
+    train(p2, ds, cfg2, tmp_path, run2)  # the same run, resumed
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == sorted(set(steps)) and max(steps) == 3  # the orphan lines are gone, no step twice
+    assert not stale.exists()
+
+
+def test_checkpoint_without_training_state_or_on_a_full_disk(tmp_path, monkeypatch):
+    p, ds = make()
+    cfg, run = run_cfg(p, steps=2)
+    train(p, ds, cfg, tmp_path, run)
+    path = tmp_path / "checkpoints" / "latest.pt"
+    state = load_checkpoint(path)
+    del state["optimizer"], state["format"]
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError, match=r"lacks \['optimizer'\]"):
+        train(make()[0], ds, cfg, tmp_path, run)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint is intact"):
+        save_checkpoint(tmp_path / "x.pt", {"a": 1})
+    assert not list(tmp_path.glob(".x.pt*"))
+
+
+# ----------------------------------------------------------------------------- NaN and inf, inputs
+def test_non_finite_weights_never_become_actions_or_metrics(tmp_path):
+    from shortcut_policy.train.logger import RunLogger
+
+    p, ds = make()
+    obs = {"state": torch.randn(2, 2, 5)}
+    with torch.no_grad():
+        next(p.net.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN or inf actions"):
+        p.eval().predict_action_chunk(obs)
+    log = RunLogger(tmp_path, {})
+    with pytest.raises(FloatingPointError, match=r"\['train/loss'\] are NaN or inf at step 3"):
+        log.log({"train/loss": float("nan")}, 3)
+    assert not (tmp_path / "metrics.jsonl").exists() or "NaN" not in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_observations_far_outside_the_training_range_are_flagged():
+    p, _ = make()
+    p.eval()
+    with pytest.warns(RuntimeWarning, match=r"observation\['state'\] is .* half-ranges .* extrapolates"):
+        p.predict_action_chunk({"state": torch.full((1, 2, 5), 1e6)})
+
+
+def test_select_action_after_a_batch_change_needs_a_reset():
+    p, _ = make()
+    p.eval()
+    p.select_action({"state": torch.randn(1, 5)})
+    with pytest.raises(ValueError, match="batch of 4 after 1 without reset"):
+        p.select_action({"state": torch.randn(4, 5)})
+    p.reset()
+    assert p.select_action({"state": torch.randn(4, 5)}).shape == (4, 2)
+
+
+def test_a_missing_chunk_of_a_foreign_store_is_said_aloud(tmp_path):
+    import shutil
+
+    from shortcut_policy.data.replay_buffer import ReplayBuffer
+
+    from .formats import write_dp_zarr
+
+    write_dp_zarr(tmp_path / "dp.zarr", lengths=(5, 3, 4))
+    chunk = next(p for p in (tmp_path / "dp.zarr" / "data" / "state").iterdir() if not p.name.startswith("."))
+    chunk.unlink()
+    with pytest.warns(RuntimeWarning, match=r"data/state has 0 of its 1 chunks on disk"):
+        ReplayBuffer.from_path(tmp_path / "dp.zarr", keys=["state"])
+    own = tmp_path / "own.zarr"
+    ReplayBuffer.from_path(tmp_path / "dp.zarr", keys=["action"]).save(own)
+    victim = next(p for p in (own / "data" / "action").iterdir() if not p.name.startswith("."))
+    shutil.copy(victim, tmp_path / "keep")
+    victim.unlink()
+    with pytest.raises(Exception, match="checksum"):  # this package's stores: an error
+        ReplayBuffer.from_path(own)
+
+
+# ----------------------------------------------------------------------------- kill, terminate, resume
+SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {repo!r})
+    from tests.test_faults import make, run_cfg
+    from shortcut_policy.train.loop import train
+    p, ds = make()
+    cfg, run = run_cfg(p, steps=int(sys.argv[2]), ckpt_every=int(sys.argv[3]), log_every=1)
+    print("started", flush=True)
+    train(p, ds, cfg, sys.argv[1], run)
+    torch.save(p.state_dict(), sys.argv[1] + "/final_weights.pt")
+""")
+
+
+def _launch(tmp_path, out, steps, ckpt_every):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(repo=str(REPO)))
+    return subprocess.Popen([sys.executable, str(script), str(out), str(steps), str(ckpt_every)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _final(out):
+    return torch.load(out / "final_weights.pt", weights_only=True)
+
+
+def test_sigterm_checkpoints_and_the_same_command_finishes_bit_identically(tmp_path):
+    ref = _launch(tmp_path, tmp_path / "ref", 40, 1000)
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()[-2000:]
+    proc = _launch(tmp_path, tmp_path / "run", 40, 1000)
+    assert proc.stdout.readline().strip() == "started"
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < 5:
+        time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in out
+    step = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["step"]
+    assert 5 <= step < 40  # the checkpoint of the step it stopped at, although ckpt_every is 1000
+    again = _launch(tmp_path, tmp_path / "run", 40, 1000)
+    assert again.wait(timeout=300) == 0, again.stderr.read()[-2000:]
+    a, b = _final(tmp_path / "ref"), _final(tmp_path / "run")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
+    ref = _launch(tmp_path, tmp_path / "ref", 60, 2)
+    assert ref.wait(timeout=300) == 0
+    rng = np.random.default_rng(0)
+    out = tmp_path / "run"
+    for _ in range(4):
+        proc = _launch(tmp_path, out, 60, 2)
+        proc.stdout.readline()
+        time.sleep(float(rng.uniform(0.2, 1.5)))  # now and then during a checkpoint write (one every 2 steps)
+        proc.kill()
+        proc.wait()
+    final = _launch(tmp_path, out, 60, 2)
+    assert final.wait(timeout=300) == 0, final.stderr.read()[-2000:]
+    a, b = _final(tmp_path / "ref"), _final(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+
+
+# ----------------------------------------------------------------------------- several processes
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {repo!r})
+    from shortcut_policy.train.loop import TrainConfig, train
+
+    class Toy(torch.nn.Module):  # a deterministic loss: the data-parallel arithmetic alone
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.lin = torch.nn.Linear(5, 2)
+
+        def compute_loss(self, batch, teacher=None):
+            loss = ((self.lin(batch["x"]) - batch["y"]) ** 2).mean()
+            return loss, {{"loss": loss.item()}}
+
+    class Data(torch.utils.data.Dataset):
+        def __init__(self):
+            g = torch.Generator().manual_seed(1)
+            self.x, self.y = torch.randn(64, 5, generator=g), torch.randn(64, 2, generator=g)
+        def __len__(self):
+            return 64
+        def __getitem__(self, i):
+            return {{"x": self.x[i], "y": self.y[i]}}
+
+    model = Toy()
+    cfg = TrainConfig(steps=5, batch_size=16, lr=1e-2, warmup_steps=1, log_every=1, val_every=1, ckpt_every=5,
+                      progress=False, device="cpu")
+    train(model, Data(), cfg, sys.argv[1], {{"task": {{"name": "toy"}}}})
+    import os
+    if int(os.environ.get("RANK", "0")) == 0:
+        torch.save(model.state_dict(), sys.argv[1] + "/final_weights.pt")
+""")
+
+
+def test_two_processes_with_half_batches_equal_one_process_with_the_whole(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(repo=str(REPO)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                          str(script), str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _final(tmp_path / "one"), _final(tmp_path / "two")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not torch.equal(a["lin.weight"], torch.nn.Linear(5, 2).weight)  # it trained
+    state = load_checkpoint(tmp_path / "two" / "checkpoints" / "latest.pt")
+    assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 5  # rank 0 alone logs
