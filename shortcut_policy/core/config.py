@@ -3,6 +3,7 @@
     kind        config            objective            samplers
     shortcut    ShortcutConfig    ShortcutObjective    shortcut (1 .. M network calls)
     flow        FlowConfig        ShortcutObjective    flow (Euler with d fixed at 1/M)
+    meanflow    MeanFlowConfig    MeanFlowObjective    meanflow (1 .. M calls, as shortcut)
     ddpm, ddim  DiffusionConfig   DiffusionObjective   ddpm, ddim (the same trained network)
 
 Hydra composes them from ``configs/objective/*.yaml``; ``objective_config(d)`` checks a plain dict and
@@ -19,7 +20,7 @@ from typing import Any, ClassVar, Union
 
 from .schedule import check_max_steps
 
-KINDS = ("shortcut", "flow", "ddpm", "ddim")
+KINDS = ("shortcut", "flow", "meanflow", "ddpm", "ddim")
 PARAMETERIZATIONS = ("velocity", "endpoint")
 
 
@@ -79,6 +80,33 @@ class ShortcutConfig(FlowConfig):
 
 
 @dataclass
+class MeanFlowConfig:
+    """MeanFlow (Geng et al. 2025): the network is the average velocity over [t, t + d], trained on the
+    MeanFlow identity (one JVP, no teacher); see ``core.meanflow``.
+
+    max_inference_steps: the sampler's finest step 1/M (training covers every d).
+    interval_fraction: share of each batch with an interval (d > 0); the rest is flow matching (the paper's 1/4).
+    time_mu, time_sigma: logit-normal times (the paper's, in this package's time direction).
+    """
+    kind: str = "meanflow"
+    max_inference_steps: int = 16
+    interval_fraction: float = 0.25
+    time_mu: float = 0.4
+    time_sigma: float = 1.0
+
+    def __post_init__(self):
+        _check_kind(self, ("meanflow",))
+        try:
+            check_max_steps(self.max_inference_steps)
+        except ValueError as e:
+            raise ValueError(f"objective.max_inference_steps: {e}") from None
+        if not 0.0 < self.interval_fraction <= 1.0:
+            raise ValueError(f"objective.interval_fraction must be in (0, 1], got {self.interval_fraction}")
+        if not self.time_sigma > 0:
+            raise ValueError(f"objective.time_sigma must be positive, got {self.time_sigma}")
+
+
+@dataclass
 class DiffusionConfig:
     """Diffusion Policy's DDPM objective (epsilon prediction, squared-cosine schedule, x0 clipped to
     [-1, 1]); kind "ddpm" samples with DDPM at ``num_train_timesteps`` calls by default, "ddim" with
@@ -93,8 +121,9 @@ class DiffusionConfig:
             raise ValueError(f"objective.num_train_timesteps must be a positive int, got {K!r}")
 
 
-ObjectiveConfig = Union[ShortcutConfig, FlowConfig, DiffusionConfig]
-_BY_KIND = {"shortcut": ShortcutConfig, "flow": FlowConfig, "ddpm": DiffusionConfig, "ddim": DiffusionConfig}
+ObjectiveConfig = Union[ShortcutConfig, FlowConfig, MeanFlowConfig, DiffusionConfig]
+_BY_KIND = {"shortcut": ShortcutConfig, "flow": FlowConfig, "meanflow": MeanFlowConfig, "ddpm": DiffusionConfig,
+            "ddim": DiffusionConfig}
 
 
 def _check_kind(cfg, kinds: tuple[str, ...]) -> None:
@@ -104,7 +133,7 @@ def _check_kind(cfg, kinds: tuple[str, ...]) -> None:
 
 def objective_config(d: dict[str, Any] | ObjectiveConfig) -> ObjectiveConfig:
     """The typed config of ``d["kind"]``; an unknown field, or a field of another kind, is named."""
-    if isinstance(d, (ShortcutConfig, FlowConfig, DiffusionConfig)):
+    if isinstance(d, (ShortcutConfig, FlowConfig, MeanFlowConfig, DiffusionConfig)):
         return d
     if not isinstance(d, dict):
         raise ValueError(f"objective must be a mapping with a 'kind', got {d!r}")
@@ -132,11 +161,14 @@ def make_objective(cfg: ObjectiveConfig | dict[str, Any]):
     """The objective of a config: ``loss(model, x1, cond, teacher, teacher_cond)``, ``sample(model, x0,
     n, cond, generator, sampler)`` and what it knows of its own step counts and samplers."""
     from .diffusion import DiffusionObjective
+    from .meanflow import MeanFlowObjective
     from .objective import ShortcutObjective
 
     cfg = objective_config(cfg)
     if isinstance(cfg, DiffusionConfig):
         return DiffusionObjective(num_train_timesteps=cfg.num_train_timesteps, sampler=cfg.kind)
+    if isinstance(cfg, MeanFlowConfig):
+        return MeanFlowObjective(cfg.max_inference_steps, cfg.interval_fraction, cfg.time_mu, cfg.time_sigma)
     frac = cfg.consistency_fraction if isinstance(cfg, ShortcutConfig) else 0.0
     weight = cfg.consistency_weight if isinstance(cfg, ShortcutConfig) else 1.0
     return ShortcutObjective(cfg.max_inference_steps, frac, consistency_weight=weight,

@@ -8,6 +8,8 @@ DiT), so both are folded into one conditioning vector here:
 ``code(d)`` is how d reaches the sinusoid:
 - ``"log2"``: the level log2(1/d) in 0..log2(M), as the reference implementation (d itself
   scaled to the t range did worse at one call on PushT: docs/pusht.md);
+- ``"linear"``: d itself on the t scale, smooth in d and defined at d = 0, for MeanFlow, which
+  trains on any d in [0, 1 - t] and differentiates the network with respect to d;
 - ``"none"``: d is ignored (plain flow matching / diffusion baselines).
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-D_EMBEDDINGS = ("log2", "none")
+D_EMBEDDINGS = ("log2", "linear", "none")
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -70,6 +72,8 @@ class TimeStepEmbedding(nn.Module):
 
     def d_code(self, d: torch.Tensor) -> torch.Tensor:
         """The scalar that enters the d sinusoid, on the same scale as t * t_scale."""
+        if self.d_embedding == "linear":
+            return d * self.t_scale
         level = -torch.log2(d.clamp_min(2.0 ** -30))  # 0 for d=1, log2(M) for d=1/M
         return level / max(self.max_level, 1) * self.t_scale
 

@@ -123,8 +123,8 @@ def diagnose_main(argv: list[str] | None = None) -> None:
     for i, ckpt in enumerate(args.checkpoint):
         policy, run = cli.load_policy(args, ckpt)
         name = args.names[i] if args.names else f"{policy.objective.kind}:{ckpt}"
-        if policy.objective.kind not in ("shortcut", "flow"):
-            raise SystemExit(f"{ckpt}: diagnostics apply to flow/shortcut checkpoints, not {policy.objective.kind!r}")
+        if policy.objective.kind not in ("shortcut", "flow", "meanflow"):
+            raise SystemExit(f"{ckpt}: diagnostics apply to flow, shortcut and MeanFlow checkpoints, not {policy.objective.kind!r}")
         if windows is None:
             task = run["task"]
             ds = make_dataset(TaskConfig.from_dict(task))

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..nets.dit import DIT_MODELS
-from ..core.config import FlowConfig, ShortcutConfig, objective_config
+from ..core.config import FlowConfig, MeanFlowConfig, ShortcutConfig, objective_config
 
 
 @dataclass
@@ -25,14 +25,14 @@ class ImageModelConfig:
     num_classes: int = 10
     net: str = "dit_tiny"
     net_kwargs: dict[str, Any] = field(default_factory=dict)
-    objective: ShortcutConfig | FlowConfig = field(default_factory=ShortcutConfig)
+    objective: ShortcutConfig | FlowConfig | MeanFlowConfig = field(default_factory=ShortcutConfig)
     class_dropout: float = 0.1
     cfg_scale: float = 1.5
 
     def __post_init__(self):
         self.objective = objective_config(self.objective)
-        if self.objective.kind not in ("shortcut", "flow"):
-            raise ValueError(f"the image model trains with objective.kind 'shortcut' or 'flow', "
+        if self.objective.kind not in ("shortcut", "flow", "meanflow"):
+            raise ValueError(f"the image model trains with objective.kind 'shortcut', 'flow' or 'meanflow', "
                              f"got {self.objective.kind!r}")
         for name in ("channels", "height", "width"):
             if int(getattr(self, name)) < 1:

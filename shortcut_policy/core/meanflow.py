@@ -1,0 +1,122 @@
+"""MeanFlow (Geng et al. 2025) in this package's convention: the network is the average velocity.
+
+Convention: noise x0 at t = 0, data x1 at t = 1, x_t = (1 - t) x0 + t x1, v = x1 - x0. The network
+s(x_t, t, d) is read as the *average* velocity over the interval [t, t + d] along the flow,
+
+    u(x_t, t, d) = (1/d) * integral_t^{t+d} v(x_tau, tau) dtau,
+
+which is what a shortcut network already means, so the sampler (x_{t+d} = x_t + d s), export and
+deployment are the shortcut model's. The training target comes from differentiating
+d * u(x_t, t, d) = integral_t^{t+d} v with respect to t while the interval's far end r = t + d is
+held fixed (so d changes as -1 per unit of t) and x_t moves with the flow (dx/dt = v):
+
+    -u + d * du/dt = -v     =>     u = v + d * (v . du/dx + du/dt - du/dd),
+
+the bracket being one Jacobian-vector product of the network with tangent (v, 1, -1)
+(``torch.func.jvp``), under stop-gradient; no teacher network. Check: for v(x, t) = t the average over
+[t, t + d] is t + d/2, and the identity gives t + d (1 - 1/2). At d = 0 the target is v: plain flow
+matching, which MeanFlow keeps for most of each batch.
+
+Times: t and the far end are drawn from a logit-normal (mean ``time_mu``, std ``time_sigma``; the
+paper's (-0.4, 1.0) in its reversed time is (+0.4, 1.0) here); a share ``interval_fraction`` of the
+batch gets an interval (t, r sorted), the rest d = 0. The primal output of the JVP is the prediction
+(its gradient reaches the weights); only the interval rows take the forward pass with tangents, the
+d = 0 rows (flow matching, target v) a plain one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .objective import ShortcutObjective, index_cond
+from .sampler import VelocityFn
+
+
+def meanflow_target(fn, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, v: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, target): the average-velocity function ``fn(x, t, d)`` at the batch, with gradient, and its
+    MeanFlow target v + d (v . du/dx + du/dt - du/dd), without gradient."""
+    from torch.func import jvp
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # the fused attention kernels have no forward-mode derivative; the math one is plain ops
+    with sdpa_kernel([SDPBackend.MATH]):
+        u, du = jvp(fn, (x, t, d), (v, torch.ones_like(t), -torch.ones_like(d)))
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    return u, (v + d.view(shape) * du).detach()
+
+
+class MeanFlowObjective(ShortcutObjective):
+    """Loss and sampler of a MeanFlow model; sampling, step counts and export as a shortcut model's
+    (``max_steps`` = M: the sampler's finest step is 1/M; training covers every d in [0, 1 - t])."""
+
+    def __init__(self, max_steps: int = 16, interval_fraction: float = 0.25, time_mu: float = 0.4,
+                 time_sigma: float = 1.0):
+        super().__init__(max_steps, consistency_fraction=0.0)
+        if not 0.0 < interval_fraction <= 1.0:
+            raise ValueError(f"interval_fraction must be in (0, 1], got {interval_fraction}")
+        if not time_sigma > 0:
+            raise ValueError(f"time_sigma must be positive, got {time_sigma}")
+        self.interval_fraction, self.time_mu, self.time_sigma = float(interval_fraction), float(time_mu), float(time_sigma)
+
+    @property
+    def flow_only(self) -> bool:
+        return False  # the sampler feeds the true jump d, as for a shortcut model
+
+    @property
+    def kind(self) -> str:
+        return "meanflow"
+
+    @property
+    def net_d_embedding(self) -> str:
+        return "linear"  # smooth in d, defined at d = 0: the JVP differentiates it
+
+    @property
+    def default_inference_steps(self) -> int:
+        return 1
+
+    def times(self, B: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, d), (B,) each in float64: logit-normal times, an interval for ``interval_fraction`` of them."""
+        z = torch.randn(2, B, generator=generator, dtype=torch.float64) * self.time_sigma + self.time_mu
+        a, b = torch.sigmoid(z)
+        t, r = torch.minimum(a, b), torch.maximum(a, b)
+        n = int(round(self.interval_fraction * B))
+        d = torch.zeros(B, dtype=torch.float64)
+        d[:n] = (r - t)[:n]
+        return t, d
+
+    def loss(self, model: VelocityFn, x1: torch.Tensor, cond: Any = None, teacher: VelocityFn | None = None,
+             teacher_cond: Any = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """MeanFlow loss (``teacher`` is unused: the target needs none)."""
+        B = x1.shape[0]
+        dev, dt = x1.device, x1.dtype
+        shape = (B,) + (1,) * (x1.ndim - 1)
+        x0 = torch.randn(x1.shape, generator=generator, dtype=dt, device="cpu" if generator is not None else dev).to(dev)
+        t, d = (a.to(dev, dt) for a in self.times(B, generator))
+        x_t = (1 - t.view(shape)) * x0 + t.view(shape) * x1
+        v = x1 - x0
+        # the interval rows (the first n) need the JVP; the d = 0 rows are flow matching, target v
+        n = int(round(self.interval_fraction * B))  # as in times()
+        a, b = torch.arange(n, device=dev), torch.arange(n, B, device=dev)
+        parts_u, parts_target = [], []
+        if n:
+            cond_a = index_cond(cond, a)
+            u, target = meanflow_target(lambda x, tt, dd: model(x, tt, dd, cond_a), x_t[:n], t[:n], d[:n], v[:n])
+            parts_u.append(u)
+            parts_target.append(target)
+        if n < B:
+            parts_u.append(model(x_t[n:], t[n:], d[n:], index_cond(cond, b)))
+            parts_target.append(v[n:])
+        u, target = torch.cat(parts_u), torch.cat(parts_target)
+        if u.shape != x1.shape:
+            raise ValueError(f"network output {tuple(u.shape)} does not match data {tuple(x1.shape)}")
+        err = (u - target).pow(2).flatten(1).mean(1)  # (B,)
+        loss = err.mean()
+        info = {"loss": loss.item(), "loss_flow": err[n:].mean().item() if n < B else 0.0,
+                "loss_interval": err[:n].mean().item() if n else 0.0, "interval_share": n / B}
+        return loss, info
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "max_inference_steps": self.max_steps, "interval_fraction": self.interval_fraction,
+                "time_mu": self.time_mu, "time_sigma": self.time_sigma}

@@ -1,0 +1,135 @@
+"""MeanFlow: the identity's target in float64 on flows whose average velocity is known in closed form,
+the objective's batch, and a policy trained and sampled with it."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from shortcut_policy.core.config import MeanFlowConfig, make_objective, objective_config
+from shortcut_policy.core.meanflow import MeanFlowObjective, meanflow_target
+
+
+def _batch(n=7, dim=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(n, generator=g, dtype=torch.float64) * 0.6
+    d = torch.rand(n, generator=g, dtype=torch.float64) * (1 - t)
+    x = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    return x, t, d
+
+
+def test_target_equals_the_true_average_velocity_of_a_time_only_flow():
+    """v(x, t) = t: the average over [t, t + d] is t + d / 2."""
+    x, t, d = _batch()
+    u_true = lambda x, t, d: (t + d / 2)[:, None].expand_as(x)  # noqa: E731
+    v = t[:, None].expand_as(x).clone()
+    u, target = meanflow_target(u_true, x, t, d, v)
+    assert torch.allclose(target, u, atol=1e-12) and torch.allclose(u, (t + d / 2)[:, None].expand_as(x))
+
+
+@pytest.mark.parametrize("a", [-1.3, 0.7])
+def test_target_equals_the_true_average_velocity_of_a_linear_flow(a):
+    """v(x, t) = a x: x moves as x e^{a (tau - t)}, so u = x (e^{a d} - 1) / d (and a x at d = 0)."""
+    x, t, d = _batch()
+    d[0] = 0.0
+
+    def u_true(x, t, d):
+        ratio = torch.where(d > 0, torch.expm1(a * d) / torch.where(d > 0, d, 1.0), torch.full_like(d, a))
+        return x * ratio[:, None]
+
+    u, target = meanflow_target(u_true, x, t, d, a * x)
+    assert torch.allclose(target, u, atol=1e-10)
+
+
+def test_a_wrong_average_is_not_its_own_target():
+    """The identity has teeth: the instantaneous velocity is not the average of a curved flow."""
+    x, t, d = _batch()
+    wrong = lambda x, t, d: (t + 0 * d)[:, None].expand_as(x)  # noqa: E731  (v at the start, for v(t) = t)
+    u, target = meanflow_target(wrong, x, t, d, t[:, None].expand_as(x).clone())
+    assert (target - u).abs().max() > 0.05
+
+
+def test_times_intervals_and_config():
+    obj = MeanFlowObjective(16, interval_fraction=0.25)
+    t, d = obj.times(400, torch.Generator().manual_seed(0))
+    assert ((t >= 0) & (t + d <= 1 + 1e-12)).all()
+    assert (d > 0).sum() == 100 and (d[100:] == 0).all()
+    assert obj.kind == "meanflow" and obj.samplers == ("meanflow",) and obj.default_inference_steps == 1
+    assert obj.net_d_embedding == "linear" and obj.sweep_inference_steps() == [1, 2, 4, 8, 16]
+    assert isinstance(make_objective({"kind": "meanflow"}), MeanFlowObjective)
+    assert objective_config({"kind": "meanflow", "interval_fraction": 0.5}) == MeanFlowConfig(interval_fraction=0.5)
+    with pytest.raises(ValueError, match="interval_fraction"):
+        objective_config({"kind": "meanflow", "interval_fraction": 0.0})
+    with pytest.raises(ValueError, match="do not apply to kind 'meanflow'"):
+        objective_config({"kind": "meanflow", "consistency_weight": 4.0})
+
+
+def test_loss_runs_the_jvp_on_the_interval_rows_only_and_equals_the_whole_batch_target():
+    obj = MeanFlowObjective(16, interval_fraction=0.25)
+    w = torch.randn(3, 3, dtype=torch.float64)
+    calls = []
+
+    def net(x, t, d, cond):  # a smooth function of every input, conditioned per row
+        calls.append(x.shape[0])
+        return torch.tanh(x @ w) * (1 + t[:, None]) + d[:, None] ** 2 + cond
+
+    x1, cond = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)
+    loss, info = obj.loss(net, x1, cond, generator=torch.Generator().manual_seed(3))
+    assert sorted(calls) == [2, 6] and info["interval_share"] == 0.25
+    g = torch.Generator().manual_seed(3)  # the same draws, the target computed on the whole batch at once
+    x0 = torch.randn(x1.shape, generator=g, dtype=x1.dtype)
+    t, d = obj.times(8, g)
+    x_t = (1 - t[:, None]) * x0 + t[:, None] * x1
+    u, target = meanflow_target(lambda x, tt, dd: net(x, tt, dd, cond), x_t, t, d, x1 - x0)
+    assert torch.allclose(loss, (u - target).pow(2).mean(), atol=1e-12)
+
+
+def test_sampler_feeds_the_true_jump():
+    obj = MeanFlowObjective(8)
+    seen = []
+
+    def net(x, t, d, cond):
+        seen.append((t[0].item(), d[0].item()))
+        return torch.zeros_like(x)
+
+    obj.sample(net, torch.zeros(2, 3), 2)
+    assert seen == [(0.0, 0.5), (0.5, 0.5)]
+
+
+def test_a_meanflow_policy_trains_and_acts():
+    from shortcut_policy.policy import PolicyConfig, ShortcutPolicy
+
+    cfg = PolicyConfig(shape_meta={"obs": {"s": {"shape": [4]}}, "action": {"shape": [2]}}, horizon=8, n_obs_steps=2,
+                       n_action_steps=4, net="unet1d", net_kwargs={"down_dims": [16, 32], "kernel_size": 3, "n_groups": 4},
+                       objective={"kind": "meanflow"})
+    p = ShortcutPolicy(cfg)
+    p.normalizer.fit({"s": torch.randn(50, 4), "action": torch.randn(50, 2)})
+    batch = {"obs": {"s": torch.randn(8, 2, 4)}, "action": torch.randn(8, 8, 2)}
+    opt = torch.optim.Adam(p.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(3):
+        loss, info = p.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(info["loss"])
+    assert all(math.isfinite(v) for v in losses) and info["interval_share"] == 0.25
+    assert p.net.time_emb.d_embedding == "linear"
+    p.eval()
+    assert p.predict_action_chunk({"s": torch.randn(3, 2, 4)}).shape == (3, 4, 2)
+
+
+def test_a_meanflow_dit_trains_and_samples():
+    from shortcut_policy.image import ImageModelConfig, ShortcutImageModel
+
+    cfg = ImageModelConfig(channels=1, height=8, width=8, num_classes=2, net="dit",
+                           net_kwargs={"patch_size": 4, "hidden_size": 16, "depth": 1, "num_heads": 2},
+                           objective={"kind": "meanflow", "max_inference_steps": 8})
+    model = ShortcutImageModel(cfg)
+    batch = {"image": torch.randn(6, 1, 8, 8), "label": torch.tensor([0, 1, 0, 1, 0, 1])}
+    loss, info = model.compute_loss(batch)
+    loss.backward()
+    assert math.isfinite(info["loss"]) and all(p.grad is not None for p in model.net.parameters() if p.requires_grad)
+    x = model.sample(n=2, num_inference_steps=1, labels=torch.tensor([0, 1]))
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
