@@ -29,6 +29,8 @@ KINDS = {
     "comparison": "paired comparison of two evaluations on the same episodes (scripts/compare.py)",
     "losses": "final training losses of runs (scripts/losses.py)",
     "data": "data-path measurements: import speed, chunking, loader throughput (scripts/bench_data.py)",
+    "training": "training speed: ms per optimizer step per objective, samples/s per process count "
+                "(scripts/objective_cost.py, scripts/bench_processes.py)",
     "image": "image-model quality per number of network calls (scripts/eval_image.py)",
     "toy": "2-D toy distances per number of network calls (scripts/toy2d.py)",
 }

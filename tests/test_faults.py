@@ -64,7 +64,9 @@ def tcfg(steps=6, **kw):
     ("grad_clip", -1.0, "grad_clip must be > 0"), ("grad_clip", 0.0, "grad_clip must be > 0"),
     ("ckpt_every", 0, "ckpt_every must be >= 1"), ("log_every", -1, "log_every must be >= 1"),
     ("val_every", 0, "val_every must be >= 1"), ("eval_every", -1, "eval_every must be >= 0"),
-    ("betas", (0.9, 1.5), "betas"), ("num_workers", -2, "num_workers")])
+    ("betas", (0.9, 1.5), "betas"), ("num_workers", -2, "num_workers"),
+    ("steps", 2.5, "train.steps must be a whole number"), ("ckpt_every", 2.5, "ckpt_every must be a whole number"),
+    ("batch_size", 2.5, "batch_size must be a whole number")])
 def test_bad_train_settings_are_named(field, value, match):
     with pytest.raises(ValueError, match=match):
         tcfg(**{field: value})
@@ -87,6 +89,7 @@ def test_resume_refuses_settings_that_change_the_run_and_accepts_the_rest(tmp_pa
         train(p3, ds, cfg3, tmp_path, run3)
     p4, _ = make()
     cfg4, run4 = run_cfg(p4, steps=3, log_every=1, ckpt_every=1, num_threads=1)  # logging and threads may change
+    run4["task"]["env"] = {"n_episodes": 7}  # and so may the simulator, which only evaluates
     train(p4, ds, cfg4, tmp_path, run4)
 
 
@@ -117,6 +120,18 @@ def test_resume_cuts_metrics_back_to_the_checkpoint_and_removes_stale_temporarie
     train(p2, ds, cfg2, tmp_path, run2)  # the same run, resumed
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == sorted(set(steps)) and max(steps) == 3  # the orphan lines are gone, no step twice
+    assert not stale.exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over_cleanly(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 2, "train/loss": 9.0}) + "\n")  # logged, never saved
+    stale = tmp_path / ".metrics.jsonl.abc123.tmp"
+    stale.write_text("half a file")
+    p, ds = make()
+    cfg, run = run_cfg(p, steps=3)
+    train(p, ds, cfg, tmp_path, run)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == sorted({x["step"] for x in lines}) and all(x["train/loss"] != 9.0 for x in lines)
     assert not stale.exists()
 
 
@@ -159,8 +174,18 @@ def test_non_finite_weights_never_become_actions_or_metrics(tmp_path):
 def test_observations_far_outside_the_training_range_are_flagged():
     p, _ = make()
     p.eval()
+    far = {"state": torch.full((1, 2, 5), 1e6)}
     with pytest.warns(RuntimeWarning, match=r"observation\['state'\] is .* half-ranges .* extrapolates"):
-        p.predict_action_chunk({"state": torch.full((1, 2, 5), 1e6)})
+        p.predict_action_chunk(far)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:  # once per key: a rollout's log is not flooded
+        warnings.simplefilter("always")
+        p.predict_action_chunk(far)
+    assert not [w for w in seen if "half-ranges" in str(w.message)]
+    p.reset()
+    with pytest.warns(RuntimeWarning, match="half-ranges"):
+        p.predict_action_chunk(far)
 
 
 def test_select_action_after_a_batch_change_needs_a_reset():
@@ -192,6 +217,19 @@ def test_a_missing_chunk_of_a_foreign_store_is_said_aloud(tmp_path):
     victim.unlink()
     with pytest.raises(Exception, match="checksum"):  # this package's stores: an error
         ReplayBuffer.from_path(own)
+
+
+def test_damaged_array_metadata_names_the_store(tmp_path):
+    from shortcut_policy.data.replay_buffer import DatasetError, ReplayBuffer
+
+    from .formats import write_dp_zarr
+
+    write_dp_zarr(tmp_path / "dp.zarr", lengths=(5, 3))
+    meta = [p for p in (tmp_path / "dp.zarr" / "data" / "state").iterdir() if p.name in (".zarray", "zarr.json")]
+    assert meta
+    meta[0].write_text("{ not json")
+    with pytest.raises(DatasetError, match=r"dp.zarr: the store's array metadata cannot be read"):
+        ReplayBuffer.from_path(tmp_path / "dp.zarr", keys=["action"])
 
 
 # ----------------------------------------------------------------------------- kill, terminate, resume

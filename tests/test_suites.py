@@ -171,3 +171,17 @@ def test_metaworld_seeds_scenes_one_hot_tasks_and_scripted_data(tmp_path):
     assert res.outcomes == ["push-v3", "drawer-open-v3", "push-v3"]  # seeds dealt to the tasks in turn
     with pytest.raises(ValueError, match="500"):
         MetaWorldRunner(max_episode_steps=600, tasks=["push-v3"])
+
+
+def test_environment_speed_probe_counts_steps_and_resets():
+    from shortcut_policy.envs.bench import steps_per_s
+    from shortcut_policy.envs.metaworld import MetaWorldEnv
+
+    made = []
+
+    def make():
+        made.append(MetaWorldEnv(["reach-v3"]))
+        return made[-1]
+
+    rate = steps_per_s(make, steps=30, warmup=5)
+    assert rate > 0 and len(made) == 1

@@ -135,9 +135,16 @@ class ReplayBuffer:
         except Exception as e:  # zarr raises several types for "not a group"
             raise DatasetError(f"{path} is not a readable zarr group: {e}") from e
 
-        if "meta" not in root or "episode_ends" not in root["meta"]:
-            raise DatasetError(f"{path} has no meta/episode_ends (not a Diffusion Policy replay buffer)")
-        available = sorted(root["data"].array_keys()) if "data" in root else []
+        try:
+            if "meta" not in root or "episode_ends" not in root["meta"]:
+                raise DatasetError(f"{path} has no meta/episode_ends (not a Diffusion Policy replay buffer)")
+            available = sorted(root["data"].array_keys()) if "data" in root else []
+            meta_keys = [k for k in root["meta"].array_keys() if k != "episode_ends"]
+        except DatasetError:
+            raise
+        except Exception as e:  # a damaged .zarray / zarr.json of some array, read while listing
+            raise DatasetError(f"{path}: the store's array metadata cannot be read ({type(e).__name__}: {e}); "
+                               "the store is damaged: re-copy or re-import it") from e
         if keys is None:
             keys = available
         keys = list(keys)
@@ -147,7 +154,7 @@ class ReplayBuffer:
 
         episode_ends = _read_array(root["meta"], "episode_ends", path, "meta")
         data = {k: _read_array(root["data"], k, path, "data") for k in keys}
-        meta = {k: _read_array(root["meta"], k, path, "meta") for k in root["meta"].array_keys() if k != "episode_ends"}
+        meta = {k: _read_array(root["meta"], k, path, "meta") for k in meta_keys}
         attrs = dict(root.attrs)
         _verify_checksums(path, attrs, {"meta/episode_ends": episode_ends, **{f"data/{k}": v for k, v in data.items()},
                                         **{f"meta/{k}": v for k, v in meta.items()}})

@@ -1,7 +1,7 @@
 """Reports over docs/results: the step-count table of a task and the manifest of every results file.
 
 Results live in ``docs/results/<task>/<purpose>/<name>.json`` (purposes: main, baselines, recipe,
-ablations, comparisons, diagnostics, deploy, data) in the one schema of ``shortcut_policy.results``.
+ablations, comparisons, diagnostics, deploy, data, training) in the one schema of ``shortcut_policy.results``.
 A file names itself: ``about`` (what it is), ``budget``, ``train_seed``, ``overrides`` (of the
 training command) and, where they apply, ``superseded_by`` and ``recipe_removed``.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import cli
 from ..results import ResultError, read_result
 
-PURPOSES = ("main", "baselines", "recipe", "ablations", "comparisons", "diagnostics", "deploy", "data")
+PURPOSES = ("main", "baselines", "recipe", "ablations", "comparisons", "diagnostics", "deploy", "data", "training")
 
 
 def collect(results: Path, task: str, kinds: tuple[str, ...] = ("sweep",), purposes=None) -> dict[str, dict]:
@@ -54,7 +54,7 @@ def manifest(results: Path) -> str:
              "grouped by task and purpose: `main` (today's defaults), `baselines` (flow matching, DDPM/DDIM of "
              "the same network and budget), `recipe` (the runs the defaults were chosen against), `ablations` "
              "(levers tried), `comparisons` (paired differences), `diagnostics`, `deploy` (latency, real-time "
-             "control), `data`. Each file records the command that made it; commands are as run on their "
+             "control), `data`, `training` (training speed). Each file records the command that made it; commands are as run on their "
              "date. Since 2026-12-03 the flags read: `--steps` -> `--num-inference-steps`, `--checkpoints` -> "
              "`--checkpoint`, `objective.max_steps` -> `objective.max_inference_steps`, `task.zarr_path` / "
              "`task.max_train_episodes` -> `task.dataset.path` / `task.dataset.max_train_episodes`, the "

@@ -115,14 +115,17 @@ class ShortcutPolicy(nn.Module):
         """Prepared observations (``prepare_obs``) -> the network's condition (B, cond_dim):
         normalization, then the observation encoder. Low-dim values far outside the training data's
         range (more than ``OUT_OF_RANGE`` times its half-width from its centre) are passed on with a
-        warning: the actions that follow are extrapolation."""
+        warning, once per key until ``reset()``: the actions that follow are extrapolation."""
         nobs = self.normalizer.normalize_dict(obs)
         if not self.training:
+            warned = self.__dict__.setdefault("_range_warned", set())
             for key in self.shape_meta.low_dim_keys:
                 worst = float(nobs[key].abs().max()) if nobs[key].numel() else 0.0
-                if worst > self.OUT_OF_RANGE:
+                if worst > self.OUT_OF_RANGE and key not in warned:
+                    warned.add(key)
                     warnings.warn(f"observation[{key!r}] is {worst:.3g} half-ranges from the training data's centre "
-                                  f"(beyond {self.OUT_OF_RANGE}): the policy extrapolates", RuntimeWarning, stacklevel=3)
+                                  f"(beyond {self.OUT_OF_RANGE}): the policy extrapolates (said once per key until "
+                                  "reset())", RuntimeWarning, stacklevel=3)
         return self.obs_encoder(nobs)
 
     def example_obs(self, batch: int = 1) -> dict[str, torch.Tensor]:
@@ -204,6 +207,7 @@ class ShortcutPolicy(nn.Module):
         """Clear the observation and action queues (call at every episode start)."""
         self._obs_queue: deque = deque(maxlen=self.cfg.n_obs_steps)
         self._action_queue: deque = deque()
+        self._range_warned: set[str] = set()
 
     @torch.no_grad()
     def select_action(self, obs: Any, num_inference_steps: int | None = None) -> torch.Tensor:

@@ -75,6 +75,12 @@ class TrainConfig:
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        for name in ("steps", "batch_size", "warmup_steps", "log_every", "val_every", "eval_every", "ckpt_every",
+                     "num_threads", "num_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not float(value).is_integer():
+                raise ValueError(f"train.{name} must be a whole number, got {value!r}")
+            setattr(self, name, int(value))
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"train.steps and train.batch_size must be >= 1, got {self.steps}, {self.batch_size}")
         if self.lr_schedule not in ("cosine", "constant"):
@@ -344,6 +350,9 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
             stack.enter_context(RunLock(out_dir))
             refuse_restart(ckpt_path, resume)
             clean_stale_temporaries(ckpt_path.parent)
+            clean_stale_temporaries(out_dir)
+            if not ckpt_path.exists():  # a run killed before its first checkpoint starts over: so do its metrics
+                truncate_metrics(out_dir / "metrics.jsonl", -1)
         dist.barrier()
         start, best = 0, None
         if resume and ckpt_path.exists():

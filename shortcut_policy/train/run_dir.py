@@ -8,10 +8,11 @@ resume that refuses a different run, a metrics file that matches the checkpoint,
 - ``check_resume``: a resume continues the run the checkpoint recorded. Every setting that changes
   the trajectory (task and data, policy, objective, seed, batch, optimizer, schedule, EMA, step
   count) must be equal; the differences are listed with both values. Settings that do not change
-  the weights (logging, validation, evaluation and checkpoint periods, device, threads, workers,
-  wandb, progress bars) may change.
+  the weights (logging, validation, evaluation and checkpoint periods, the task's simulator settings,
+  device, threads, workers, wandb, progress bars) may change.
 - ``truncate_metrics``: lines logged after the checkpoint's step (the run died before saving them)
-  are dropped on resume, so the curve has each step once.
+  are dropped on resume, and all of them when a run died before its first checkpoint and starts
+  over, so the curve has each step once.
 - ``clean_stale_temporaries``: ``.<name>.*.tmp`` files left by a kill during an atomic write.
 """
 from __future__ import annotations
@@ -98,6 +99,8 @@ def check_resume(saved: dict[str, Any], now: dict[str, Any], ckpt_path: Path) ->
         out = {k: v for k, v in cfg.items() if k not in FREE_RUN_KEYS}
         if isinstance(out.get("train"), dict):
             out["train"] = {k: v for k, v in out["train"].items() if k not in FREE_TRAIN_FIELDS}
+        if isinstance(out.get("task"), dict):  # the simulator only evaluates: its settings never change the weights
+            out["task"] = {k: v for k, v in out["task"].items() if k != "env"}
         return json.loads(json.dumps(out, default=str))  # tuples as lists, as the checkpoint stored them
 
     diffs: list[str] = []
