@@ -60,6 +60,10 @@ def test_constant_dim_is_safe_and_centred(data, mode):
     probe[0, 2] = 8.0
     assert norm.normalize("obs", probe)[0, 2].item() == pytest.approx(1.0)
     torch.testing.assert_close(norm.unnormalize("obs", y), x)
+    # a dimension the data never moved unnormalizes to its value whatever the network says
+    noisy = y + 0.3 * torch.randn_like(y)
+    back = norm.unnormalize("obs", noisy)
+    assert torch.all(back[:, 2] == x[0, 2]) and not torch.allclose(back[:, 0], x[:, 0])
 
 
 def test_state_dict_into_unfitted_reproduces(data):

@@ -18,7 +18,10 @@ and in float32 otherwise. Two fits, as in Diffusion Policy's ``LinearNormalizer`
 
 A dimension that barely varies (range or std below ``range_eps``) gets scale 1 and is
 shifted to the centre of the output range: dividing by its range would blow it up to
-inf/NaN, and a constant input carries no information to rescale anyway.
+inf/NaN, and a constant input carries no information to rescale anyway. A dimension that never
+moved at all in the fitted data unnormalizes to its value, whatever the network says: demonstrations
+that never turn the gripper (rotation actions all 0) give a policy that never turns it, where
+sampling noise on that dimension would otherwise add up to a drift over an episode.
 
 An unfitted normalizer of the right shapes (``Normalizer({"obs": 20, "action": 2})``, or
 ``Normalizer.from_shape_meta(shape_meta)``) accepts ``load_state_dict`` from a checkpoint, so a
@@ -228,7 +231,12 @@ class Normalizer(nn.Module):
     def _affine(self, key: str, x: torch.Tensor, inverse: bool) -> torch.Tensor:
         scale, center, out_center, dtype = self._params(key, x)
         flat = x.reshape(*x.shape[:x.ndim - len(self.field(key).shape)], -1).to(dtype)  # (..., D)
-        y = (flat - out_center) / scale + center if inverse else (flat - center) * scale + out_center
+        if not inverse:
+            return ((flat - center) * scale + out_center).reshape(x.shape).to(x.dtype)
+        y = (flat - out_center) / scale + center
+        field = self.field(key)
+        still = (field.input_max == field.input_min).reshape(-1).to(x.device)  # the data never moved these
+        y = torch.where(still, center, y)
         return y.reshape(x.shape).to(x.dtype)
 
     def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
