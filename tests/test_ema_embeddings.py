@@ -44,6 +44,6 @@ def test_embedding_none_ignores_d_and_errors():
     t = torch.rand(4)
     torch.testing.assert_close(emb(t, torch.ones(4)), emb(t, torch.full((4,), 0.01)))
     with pytest.raises(ValueError, match="d_embedding"):
-        TimeStepEmbedding(16, d_embedding="linear")  # removed: it lost at one call (docs/pusht.md)
+        TimeStepEmbedding(16, d_embedding="scaled")  # not a d code
     with pytest.raises(ValueError, match="shape"):
         TimeStepEmbedding(16)(torch.rand(4), torch.rand(3))

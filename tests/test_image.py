@@ -148,7 +148,7 @@ def test_sample_same_noise_deterministic_and_unconditional():
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="shortcut' or 'flow"):
+    with pytest.raises(ValueError, match="'shortcut', 'flow' or 'meanflow', got 'ddpm'"):
         ImageModelConfig(objective={"kind": "ddpm"})
     with pytest.raises(ValueError, match="class_dropout"):
         ImageModelConfig(class_dropout=1.5)

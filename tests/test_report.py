@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,3 +56,14 @@ def test_plot_files_and_manifest(tmp_path):
     manifest = (tmp_path / "MANIFEST.md").read_text()
     assert "| pusht_lowdim/recipe/b.json | sweep |" in manifest and "superseded by main/a" in manifest
     assert "`objective.max_steps=128`" in manifest
+
+
+def test_outcome_bars_for_tasks_with_several_answers(tmp_path):
+    from shortcut_policy.eval.sweep import plot_outcomes
+
+    res = {"shortcut": {"steps": {"1": {"outcome_shares": {"left": 0.5, "right": 0.3, "neither": 0.2}}}},
+           "flow": {"steps": {"1": {"outcome_shares": {"left": 0.1, "neither": 0.9}}, "16": {"score": 1.0}}}}
+    plot_outcomes(res, str(tmp_path / "o.png"))
+    assert (tmp_path / "o.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="no results with outcome_shares"):
+        plot_outcomes({"x": {"steps": {"1": {"score": 0.5}}}}, str(tmp_path / "none.png"))

@@ -120,3 +120,10 @@ def report_main(argv: list[str] | None = None) -> None:
     plot_sweeps(plotted, str(out.with_suffix(".png")),
                 title=f"{args.task}: {len(plotted)} of {len(runs)} files; every row in {out.name}")
     print(f"wrote {out} and {out.with_suffix('.png')}")
+    with_outcomes = {m: d for m, d in runs.items() if any(r.get("outcome_shares") for r in d["steps"].values())}
+    if with_outcomes:
+        from .sweep import plot_outcomes
+
+        path = out.with_name(out.stem + "_outcomes.png")
+        plot_outcomes(with_outcomes, str(path), title=f"{args.task}: which answer each episode took, per method and calls")
+        print(f"wrote {path}")

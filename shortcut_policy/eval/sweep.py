@@ -87,6 +87,33 @@ def plot_sweeps(results: dict[str, dict[str, Any]], path: str, title: str = "") 
     save_calls_figure(fig, (a1, a2), path, title, legend=False, rect=(0, 0, 0.8, 1))
 
 
+def plot_outcomes(results: dict[str, dict[str, Any]], path: str, title: str = "") -> None:
+    """Stacked bars of the episodes' outcome shares (which answer each episode took, and "neither") per
+    method and number of calls, for tasks whose runner reports outcomes ({method: results})."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [(f"{method}\n{n} call{'s' if int(n) > 1 else ''}", r["outcome_shares"])
+            for method, res in results.items() for n, r in res["steps"].items() if r.get("outcome_shares")]
+    if not bars:
+        raise ValueError("no results with outcome_shares: the task's runner reports no outcomes")
+    names = sorted({k for _, shares in bars for k in shares}, key=lambda k: (k == "neither", k))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(bars) + 2), 4.2))
+    bottom = [0.0] * len(bars)
+    for i, name in enumerate(names):
+        vals = [shares.get(name, 0.0) for _, shares in bars]
+        ax.bar(range(len(bars)), vals, bottom=bottom, label=name, color="0.8" if name == "neither" else f"C{i}")
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
+    ax.set_ylabel("share of episodes")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle("\n".join(textwrap.wrap(title, 120)), fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def save_calls_figure(fig, axes, path: str, title: str = "", ticks: list[int] | None = None, legend: bool = True,
                       rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
     """Finish and write a figure whose x axes are network calls per chunk (log2 scale): grid, legends
