@@ -185,3 +185,24 @@ def test_environment_speed_probe_counts_steps_and_resets():
 
     rate = steps_per_s(make, steps=30, warmup=5)
     assert rate > 0 and len(made) == 1
+
+
+@pytest.mark.slow  # offscreen rendering (EGL or OSMesa) and a ResNet forward
+def test_robosuite_camera_observations_feed_the_vision_encoder():
+    import torch
+
+    from shortcut_policy.policy import PolicyConfig, ShortcutPolicy
+
+    env = RobosuiteEnv(env_name="Lift", cameras=["agentview"])
+    a, _ = env.reset(seed=1)
+    b, _ = env.reset(seed=2)
+    img = a["agentview_image"]
+    assert img.shape == (84, 84, 3) and img.dtype == np.uint8 and img.std() > 5
+    assert not np.array_equal(img, b["agentview_image"])  # another seed, another scene
+    meta = {"obs": {"agentview_image": {"shape": [84, 84, 3], "type": "rgb"}, "robot0_eef_pos": {"shape": [3]}},
+            "action": {"shape": [7]}}
+    p = ShortcutPolicy(PolicyConfig(shape_meta=meta, horizon=8, n_obs_steps=2, n_action_steps=4, net="unet1d",
+                                    net_kwargs={"down_dims": [16, 32], "kernel_size": 3, "n_groups": 4}))
+    p.normalizer.fit({"robot0_eef_pos": torch.randn(20, 3), "action": torch.randn(20, 7)})
+    obs = {k: torch.from_numpy(np.stack([a[k], b[k]]))[None] for k in ("agentview_image", "robot0_eef_pos")}
+    assert p.eval().predict_action_chunk(obs).shape == (1, 4, 7)
