@@ -98,6 +98,10 @@ def test_sampler_feeds_the_true_jump():
 
 
 def test_a_meanflow_policy_trains_and_acts():
+    _trained_policy()
+
+
+def _trained_policy():
     from shortcut_policy.policy import PolicyConfig, ShortcutPolicy
 
     cfg = PolicyConfig(shape_meta={"obs": {"s": {"shape": [4]}}, "action": {"shape": [2]}}, horizon=8, n_obs_steps=2,
@@ -118,6 +122,17 @@ def test_a_meanflow_policy_trains_and_acts():
     assert p.net.time_emb.d_embedding == "linear"
     p.eval()
     assert p.predict_action_chunk({"s": torch.randn(3, 2, 4)}).shape == (3, 4, 2)
+    return p
+
+
+def test_a_meanflow_policy_exports_and_matches_eager(tmp_path):
+    from shortcut_policy.deploy.export import export_policy, verify_export
+
+    p = _trained_policy()
+    path = tmp_path / "mf.pt"
+    assert export_policy(p, path, num_inference_steps=1)["objective"] == "meanflow"
+    report = verify_export(p, path, batch_sizes=(1, 3), trials=2)
+    assert report["ok"] and report["max_abs_err_normalized"] < 1e-5, report
 
 
 def test_a_meanflow_dit_trains_and_samples():
