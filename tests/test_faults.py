@@ -21,22 +21,10 @@ from shortcut_policy.train.loop import TrainConfig, train
 from shortcut_policy.train.run_dir import RunDirError, RunLock
 
 from .conftest import REPO
+from .test_train import ToyChunks
 
 SHAPE_META = {"obs": {"state": {"shape": [5]}}, "action": {"shape": [2]}}
 TINY = {"net": "unet1d", "net_kwargs": {"down_dims": [16, 32], "kernel_size": 3, "n_groups": 4}}
-
-
-class Chunks(torch.utils.data.Dataset):
-    def __init__(self, n=48):
-        g = torch.Generator().manual_seed(0)
-        self.obs = torch.randn(n, 8, 5, generator=g)
-        self.act = self.obs[..., :2].cumsum(1) + 0.1 * torch.randn(n, 8, 2, generator=g)
-
-    def __len__(self):
-        return len(self.obs)
-
-    def __getitem__(self, i):
-        return {"obs": {"state": self.obs[i, :2]}, "action": self.act[i]}
 
 
 def make(seed=0, **objective):
@@ -44,7 +32,7 @@ def make(seed=0, **objective):
     cfg = PolicyConfig(shape_meta=SHAPE_META, horizon=8, n_obs_steps=2, n_action_steps=4,
                        objective=objective_config({"kind": "shortcut", **objective}), **TINY)
     p = ShortcutPolicy(cfg)
-    ds = Chunks()
+    ds = ToyChunks(48)
     p.normalizer.fit({"state": ds.obs, "action": ds.act})
     return p, ds
 
