@@ -94,12 +94,12 @@ def plot_outcomes(results: dict[str, dict[str, Any]], path: str, title: str = ""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bars = [(f"{method}\n{n} call{'s' if int(n) > 1 else ''}", r["outcome_shares"])
+    bars = [(f"{method.split('/')[-1]}\n{n} call{'s' if int(n) > 1 else ''}", r["outcome_shares"])
             for method, res in results.items() for n, r in res["steps"].items() if r.get("outcome_shares")]
     if not bars:
         raise ValueError("no results with outcome_shares: the task's runner reports no outcomes")
     names = sorted({k for _, shares in bars for k in shares}, key=lambda k: (k == "neither", k))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(bars) + 2), 4.2))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * len(bars) + 2), 4.2))
     bottom = [0.0] * len(bars)
     for i, name in enumerate(names):
         vals = [shares.get(name, 0.0) for _, shares in bars]
