@@ -21,7 +21,9 @@ Times: t and the far end are drawn from a logit-normal (mean ``time_mu``, std ``
 paper's (-0.4, 1.0) in its reversed time is (+0.4, 1.0) here); a share ``interval_fraction`` of the
 batch gets an interval (t, r sorted), the rest d = 0. The primal output of the JVP is the prediction
 (its gradient reaches the weights); only the interval rows take the forward pass with tangents, the
-d = 0 rows (flow matching, target v) a plain one.
+d = 0 rows (flow matching, target v) a plain one. Each example's squared error is weighted by
+1 / (its own error + 1e-3), held fixed (the paper's adaptive loss, power 1): without it the JVP's
+early, very large targets wrecked a TwoCubeLift run at lr 1e-3 (docs/objectives.md).
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ def meanflow_target(fn, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, v: to
         u, du = jvp(fn, (x, t, d), (v, torch.ones_like(t), -torch.ones_like(d)))
     shape = (-1,) + (1,) * (x.ndim - 1)
     return u, (v + d.view(shape) * du).detach()
+
+
+ADAPTIVE_C = 1e-3  # the paper's constant in w = 1 / (err + c)
 
 
 class MeanFlowObjective(ShortcutObjective):
@@ -112,7 +117,9 @@ class MeanFlowObjective(ShortcutObjective):
         if u.shape != x1.shape:
             raise ValueError(f"network output {tuple(u.shape)} does not match data {tuple(x1.shape)}")
         err = (u - target).pow(2).flatten(1).mean(1)  # (B,)
-        loss = err.mean()
+        # the paper's adaptive weight (power 1): each example's error divided by its own size, held fixed, so
+        # the rare huge targets of an early JVP do not run away with the step
+        loss = (err / (err.detach() + ADAPTIVE_C)).mean()
         info = {"loss": loss.item(), "loss_flow": err[n:].mean().item() if n < B else 0.0,
                 "loss_interval": err[:n].mean().item() if n else 0.0, "interval_share": n / B}
         return loss, info
