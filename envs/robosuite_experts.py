@@ -10,6 +10,10 @@ action noise.
 - PickPlaceCan: the same onto the can, then carry it over its bin, lower, open, and retreat upward
   (robosuite's Can check wants the gripper about 7 cm away from the can).
 - TwoCubeLift: Lift on the left or the right cube, chosen at random per episode (the two modes).
+- NutAssemblySquare: the one expert that also turns the gripper (``a[5]``, yaw about the world z): it
+  lines the fingers up across the nut's handle, grasps it, lifts it over the square peg, turns the nut
+  square to the peg while carrying it (the hole clears the peg by 6.7 mm a side when square), centres
+  the nut, not the gripper, over the peg, lowers it down the peg and lets go.
 
 :func:`generate` runs an expert on seeded episodes, keeps the successful ones and writes them through
 this package's robomimic exporter: ``states``, the low-dim observations (and camera images when asked),
@@ -54,8 +58,9 @@ class Expert:
     def __init__(self, env, rng: np.random.Generator):
         self.env, self.sim, self.rng = env, env.sim, rng
         name = env.env_name
-        if name not in ("Lift", "PickPlaceCan", "TwoCubeLift"):
-            raise ValueError(f"no scripted expert for {name!r} (Lift, PickPlaceCan, TwoCubeLift)")
+        if name not in EXPERT_TASKS or (name == "NutAssemblySquare") != isinstance(self, SquareExpert):
+            raise ValueError(f"no scripted expert for {name!r} here ({', '.join(EXPERT_TASKS)}; "
+                             "make_expert picks the class)")
         self.name = name
         self.style = Style.draw(rng, n_sides=2 if name == "TwoCubeLift" else 1)
         self.phase, self.count = "above", 0
@@ -125,10 +130,106 @@ class Expert:
         return a
 
 
+def _wrap(angle: float, period: float) -> float:
+    """``angle`` folded into [-period / 2, period / 2)."""
+    return float((angle + period / 2) % period - period / 2)
+
+
+class SquareExpert(Expert):
+    """NutAssemblySquare (see the module doc): the waypoints of :class:`Expert` plus a yaw controller."""
+
+    YAW_GAIN = 2.0  # a[5] per radian; a[5] = 1 turns the hand about 0.09 rad per step at 20 Hz
+    CARRY_Z = 1.03  # eef height while carrying: the hanging nut clears the peg top (0.95)
+    SEATED_Z = 0.86  # nut centre height that counts as down the peg (robosuite's check: below 0.87)
+
+    def __init__(self, env, rng: np.random.Generator):
+        super().__init__(env, rng)
+        self.style.noise *= 0.25  # the hole clears the peg by millimetres
+        self.style.approach = float(rng.uniform(0.04, 0.10))
+
+    def _nut_body(self) -> int:
+        return self.sim.obj_body_id[self.sim.nuts[0].name]
+
+    def _handle(self) -> np.ndarray:
+        return np.array(self.sim.sim.data.site_xpos[self.sim.object_site_ids[0]])
+
+    def _nut(self) -> np.ndarray:
+        return np.array(self.sim.sim.data.body_xpos[self._nut_body()])
+
+    def _nut_yaw(self) -> float:
+        w, x, y, z = self.sim.sim.data.body_xquat[self._nut_body()]
+        return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+
+    def _closing_yaw(self) -> float:
+        """Yaw of the line the fingers close along (the eef frame's x axis)."""
+        m = self.sim.sim.data.site_xmat[self.sim.robots[0].eef_site_id["right"]].reshape(3, 3)
+        return float(np.arctan2(m[1, 0], m[0, 0]))
+
+    def _peg(self) -> np.ndarray:
+        return np.array(self.sim.sim.data.body_xpos[self.sim.peg1_body_id])
+
+    def _turn(self, a: np.ndarray, err: float) -> float:
+        a[5] = np.clip(self.YAW_GAIN * err, -1, 1)
+        return abs(err)
+
+    def __call__(self) -> np.ndarray:
+        s = self.style
+        self.count += 1
+        # across the handle: fingers close along the nut's y axis (a half turn is the same grasp)
+        grasp_yaw_err = _wrap(self._nut_yaw() + np.pi / 2 - self._closing_yaw(), np.pi)
+        if self.phase == "above":
+            a, err = self._move(self._handle() + [0, 0, s.approach], GRIPPER_OPEN)
+            yaw = self._turn(a, grasp_yaw_err)
+            if err < 0.012 and yaw < 0.05:
+                self.phase, self.count = "descend", 0
+        elif self.phase == "descend":
+            a, err = self._move(self._handle() + [0, 0, -0.002], GRIPPER_OPEN)
+            self._turn(a, grasp_yaw_err)
+            if err < 0.008 or self.count > 60:
+                self.phase, self.count = "grasp", 0
+        elif self.phase == "grasp":
+            a, _ = self._move(self._handle() + [0, 0, -0.002], GRIPPER_CLOSE)
+            if self.count >= s.grasp_steps:
+                self.phase, self.count = "lift", 0
+        else:
+            eef, nut, peg = self._eef(), self._nut(), self._peg()
+            over_peg = peg[:2] - (nut[:2] - eef[:2])  # where the eef goes so that the nut is centred
+            square_err = _wrap(-self._nut_yaw(), np.pi / 2)  # the nut square to the peg
+            if self.phase == "lift":
+                a, err = self._move(np.array([eef[0], eef[1], self.CARRY_Z]), GRIPPER_CLOSE)
+                if err < 0.03:
+                    self.phase, self.count = "carry", 0
+            elif self.phase == "carry":
+                a, err = self._move(np.array([*over_peg, self.CARRY_Z]), GRIPPER_CLOSE)
+                yaw = self._turn(a, square_err)
+                if (err < 0.006 and yaw < 0.03) or self.count > 150:
+                    self.phase, self.count = "lower", 0
+            elif self.phase == "lower":
+                a, _ = self._move(np.array([*over_peg, eef[2] - 0.05]), GRIPPER_CLOSE)
+                self._turn(a, square_err)
+                if nut[2] < self.SEATED_Z or self.count > 80:
+                    self.phase, self.count = "release", 0
+            elif self.phase == "release":
+                a, _ = self._move(eef, GRIPPER_OPEN)
+                if self.count >= 8:
+                    self.phase, self.count = "retreat", 0
+            else:
+                a, _ = self._move(np.array([eef[0], eef[1], self.CARRY_Z]), GRIPPER_OPEN)
+        return a
+
+
+EXPERT_TASKS = ("Lift", "PickPlaceCan", "TwoCubeLift", "NutAssemblySquare")
+
+
+def make_expert(env, rng: np.random.Generator) -> Expert:
+    """The scripted expert for ``env``'s task."""
+    return (SquareExpert if env.env_name == "NutAssemblySquare" else Expert)(env, rng)
+
+
 def run_episode(env, seed: int, max_steps: int, rng: np.random.Generator) -> dict[str, Any]:
     """One expert episode from ``env.reset(seed=seed)``: observations, actions, states, success."""
     obs, _ = env.reset(seed=seed)
-    expert = Expert(env, rng)
+    expert = make_expert(env, rng)
     steps: dict[str, list] = {k: [] for k in [*obs, "actions", "states"]}
     success, t = False, 0
     for t in range(max_steps):
@@ -157,7 +258,7 @@ def generate(task: str, episodes: int, out: str | Path, seed_start: int = 0, max
 
     from .robosuite import LOW_DIM_KEYS, RobosuiteEnv
 
-    max_steps = max_steps or (400 if task == "PickPlaceCan" else 200)
+    max_steps = max_steps or (400 if task in ("PickPlaceCan", "NutAssemblySquare") else 200)
     env = RobosuiteEnv(env_name=task, cameras=cameras, image_size=image_size)
     rng = np.random.default_rng(seed_start)
     demos, tried, lengths, sides = [], 0, [], []
@@ -209,9 +310,11 @@ episodes only; the expert's success rate and the environment's speed are printed
 
     python scripts/generate_robosuite.py --task Lift --episodes 200 --out data/lift.hdf5
     python scripts/generate_robosuite.py --task TwoCubeLift --episodes 200 --out data/two_cube_lift.hdf5
+    python scripts/generate_robosuite.py --task NutAssemblySquare --episodes 200 --out data/square.hdf5
     python scripts/generate_robosuite.py --task PickPlaceCan --episodes 200 --cameras agentview --out data/can_image.hdf5
 
-Then: shortcut-import robomimic --src data/lift.hdf5 --out data/lift.zarr --task-config configs/task/lift.yaml
+Then: shortcut-import robomimic --src data/lift.hdf5 --out data/lift.zarr
+      shortcut-train task=robosuite_lift task.dataset.path=data/lift.zarr
 """
 
 
@@ -222,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(prog="generate_robosuite", description=GENERATE_DOC,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", required=True, choices=["Lift", "PickPlaceCan", "TwoCubeLift"])
+    ap.add_argument("--task", required=True, choices=list(EXPERT_TASKS))
     ap.add_argument("--episodes", type=int, default=200, help="successful demonstrations to keep")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--seed-start", type=int, default=0, help="first reset seed (evaluation uses 100000 on)")

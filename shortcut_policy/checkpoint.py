@@ -38,24 +38,32 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
             f.flush()
             os.fsync(f.fileno())
     except (OSError, RuntimeError) as e:  # torch wraps a full disk in a RuntimeError of its writer
-        cause = e
-        while cause.__cause__ is not None or cause.__context__ is not None:
-            cause = cause.__cause__ or cause.__context__
-        raise CheckpointError(f"cannot write checkpoint {path}: {cause} (disk full or not writable?); the previous "
-                              "checkpoint is intact") from e
+        raise _write_error(path, e) from e
     return path
+
+
+def _write_error(path: Path, e: BaseException) -> CheckpointError:
+    """The error of a failed atomic write: its root cause (a full disk shows as ENOSPC deep in a chain)."""
+    cause = e
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__
+    return CheckpointError(f"cannot write {path}: {cause} (disk full or not writable?); the previous file is intact")
 
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], config: dict[str, Any], step: int,
                  weights: str = "ema") -> Path:
     """Atomically write the inference file: ``state_dict`` tensors and the run config (safetensors)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     meta = {"format": WEIGHTS_FORMAT, "config": json.dumps(config), "step": str(int(step)), "weights": weights}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    try:
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+    except (OSError, RuntimeError, SafetensorError) as e:  # safetensors reports a full disk as its own error
+        raise _write_error(path, e) from e
     return path
 
 

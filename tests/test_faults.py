@@ -138,9 +138,127 @@ def test_checkpoint_without_training_state_or_on_a_full_disk(tmp_path, monkeypat
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint is intact"):
+    with pytest.raises(CheckpointError, match="No space left on device.*previous file is intact"):
         save_checkpoint(tmp_path / "x.pt", {"a": 1})
     assert not list(tmp_path.glob(".x.pt*"))
+
+
+def test_a_full_disk_while_writing_the_inference_file_or_the_metrics_is_named(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    p, ds = make()
+    cfg, run = run_cfg(p, steps=3)
+    train(p, ds, cfg, tmp_path, run)
+    ckpt = tmp_path / "checkpoints" / "latest.pt"
+    before = ckpt.read_bytes()
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    from shortcut_policy.checkpoint import save_weights
+
+    weights = ckpt.with_suffix(".safetensors")
+    weights_before = weights.read_bytes()
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    with pytest.raises(CheckpointError, match=r"cannot write .*latest.safetensors: \[Errno 28\] No space left"):
+        save_weights(weights, p.state_dict(), run, 3)
+    monkeypatch.undo()
+    assert ckpt.read_bytes() == before and weights.read_bytes() == weights_before
+    assert not list(ckpt.parent.glob(".*.tmp"))
+
+    # the inference file is written before the training state: a failure there leaves latest.pt a step behind,
+    # so the resume repeats the steps and writes both (never a final latest.pt beside an old inference file)
+    q, _ = make()
+    qcfg, qrun = run_cfg(q, steps=6)
+    calls = {"n": 0}
+    import shortcut_policy.train.loop as loop
+
+    real = loop.save_weights
+
+    def fail_second(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise CheckpointError("cannot write x: [Errno 28] No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "save_weights", fail_second)
+    with pytest.raises(CheckpointError, match="No space left"):
+        train(q, ds, qcfg, tmp_path / "b", qrun)
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")["step"] == 3  # not 6
+    monkeypatch.undo()
+
+    from shortcut_policy.train.logger import RunLogger
+
+    log = RunLogger(tmp_path / "c", {})
+    log.log({"train/loss": 1.0}, 1)
+
+    class Full:
+        def open(self, *a):
+            raise OSError(28, "No space left on device")
+
+    log.path = Full()
+    with pytest.raises(OSError, match="cannot append step 2 to .*No space left on device.*the same command resumes"):
+        log.log({"train/loss": 1.0}, 2)
+
+
+def test_an_evaluation_that_did_not_finish_is_repeated_by_the_resume(tmp_path):
+    p, ds = make()
+    cfg, run = run_cfg(p, steps=4, eval_every=2)
+    seen = []
+
+    def evaluate(model, step):
+        seen.append(step)
+        if step == 4 and seen.count(4) == 1:
+            raise KeyboardInterrupt  # the simulator crashed, or the user stopped it, during the final evaluation
+        return {"eval/score@1": 0.1 * step}
+
+    with pytest.raises(KeyboardInterrupt):
+        train(p, ds, cfg, tmp_path, run, evaluate=evaluate, select=("eval/score@1", "max"))
+    state = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert state["step"] == 4 and state["eval_pending"]  # the weights of step 4 are kept
+    p2, _ = make()
+    metrics = train(p2, ds, cfg, tmp_path, run, evaluate=evaluate, select=("eval/score@1", "max"))
+    assert seen == [2, 4, 4] and metrics["eval/score@1"] == pytest.approx(0.4)
+    state = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert not state["eval_pending"] and state["best"]["step"] == 4
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["step"] == 4
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "eval/score@1" in x] == [2, 4]
+    train(make()[0], ds, cfg, tmp_path, run, evaluate=evaluate)  # a finished run with its evaluation: nothing again
+    assert seen == [2, 4, 4]
+
+
+def test_other_data_at_the_same_path_is_refused_on_resume(tmp_path):
+    from shortcut_policy.data.dataset import SequenceDataset
+    from shortcut_policy.data.replay_buffer import ReplayBuffer
+    from shortcut_policy.train.run_dir import check_resume
+
+    from .formats import write_dp_zarr
+
+    write_dp_zarr(tmp_path / "dp.zarr", lengths=(12, 10, 11))
+    kw = dict(obs=["state"], action="action", horizon=8, n_obs_steps=2, n_action_steps=4, val_ratio=0.0)
+    first = SequenceDataset(tmp_path / "dp.zarr", **kw).fingerprint()
+    assert first == SequenceDataset(tmp_path / "dp.zarr", **kw).fingerprint()  # the same content, the same print
+    buf = ReplayBuffer.from_path(tmp_path / "dp.zarr")
+    data = {k: np.array(buf[k]) for k in buf.keys()}
+    data["action"][5, 0] += 1.0  # one number of one demonstration, rewritten at the same path
+    ReplayBuffer(data, buf.episode_ends).save(tmp_path / "other.zarr")
+    second = SequenceDataset(tmp_path / "other.zarr", **kw).fingerprint()
+    assert second["crc32"]["state"] == first["crc32"]["state"] and second["crc32"]["action"] != first["crc32"]["action"]
+    saved = {"task": {"name": "t"}, "data": first}
+    check_resume(saved, {"task": {"name": "t"}, "data": first}, tmp_path / "latest.pt")
+    with pytest.raises(RunDirError, match=r"data.crc32.action: checkpoint \d+, now \d+[\s\S]*not the one this run "):
+        check_resume(saved, {"task": {"name": "t"}, "data": second}, tmp_path / "latest.pt")
+    check_resume({"task": {"name": "t"}}, {"task": {"name": "t"}, "data": second}, tmp_path / "latest.pt")  # older runs
+
+
+def test_default_run_folders_of_runs_started_together_differ():
+    code = ("import sys; sys.path.insert(0, {repo!r}); from hydra import compose, initialize_config_dir; "
+            "initialize_config_dir(config_dir={cfg!r}, version_base=None); "
+            "print(compose('train').out_dir)").format(repo=str(REPO), cfg=str(REPO / "configs"))
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    dirs = [pr.communicate(timeout=120)[0].strip() for pr in procs]
+    assert all(d.startswith("runs/pusht_lowdim-shortcut-") for d in dirs) and dirs[0] != dirs[1]
 
 
 # ----------------------------------------------------------------------------- NaN and inf, inputs
@@ -174,6 +292,36 @@ def test_observations_far_outside_the_training_range_are_flagged():
     p.reset()
     with pytest.warns(RuntimeWarning, match="half-ranges"):
         p.predict_action_chunk(far)
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt"])
+def test_an_exported_policy_flags_the_same_observations_as_eager(tmp_path, suffix):
+    import warnings
+
+    pytest.importorskip("onnxruntime") if suffix == ".onnx" else None
+    from shortcut_policy.deploy.export import export_policy
+    from shortcut_policy.deploy.runtime import ExportedPolicy
+
+    p, ds = make()
+    p.eval()
+    export_policy(p, tmp_path / f"p{suffix}", 1)
+    exported = ExportedPolicy.load(tmp_path / f"p{suffix}")
+    field = p.normalizer.field("state")
+    lo, hi = field.input_min.numpy(), field.input_max.numpy()
+    centre, half = (lo + hi) / 2, (hi - lo) / 2
+    for k, expect in ((2.5, False), (3.5, True)):  # just inside and just outside the threshold on one dimension
+        obs = np.broadcast_to(centre, (1, 2, 5)).copy().astype(np.float32)
+        obs[0, 1, 3] = centre[3] + k * half[3]
+        said = []
+        for run in (lambda o: p.predict_action_chunk({"state": torch.from_numpy(o)}),
+                    lambda o: exported.predict_action_chunk({"state": o})):
+            p.reset(), exported.reset()
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                run(obs)
+                run(obs)  # said once until reset()
+            said.append(sum("half-ranges" in str(w.message) for w in seen))
+        assert said == ([1, 1] if expect else [0, 0]), (k, said)
 
 
 def test_select_action_after_a_batch_change_needs_a_reset():

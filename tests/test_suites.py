@@ -62,7 +62,7 @@ def test_reset_to_a_recorded_state():
     assert np.allclose(obs["object"][:3], obs_then["object"][:3], atol=1e-6)
 
 
-@pytest.mark.parametrize("task", ["Lift", "TwoCubeLift"])
+@pytest.mark.parametrize("task", ["Lift", "TwoCubeLift", "NutAssemblySquare"])
 def test_scripted_expert_solves_the_task(task):
     from shortcut_policy.envs.robosuite_experts import run_episode
 
@@ -70,12 +70,15 @@ def test_scripted_expert_solves_the_task(task):
     rng = np.random.default_rng(0)
     sides = set()
     for seed in range(3):
-        ep = run_episode(env, seed, 200, rng)
+        ep = run_episode(env, seed, 400 if task == "NutAssemblySquare" else 200, rng)
         assert ep["success"], (task, seed)
         sides.add(ep["side"])
         if task == "TwoCubeLift":  # the episode's outcome is the side the expert chose
             assert env.outcome() == ("left", "right")[ep["side"]]
         assert ep["data"]["actions"].shape == (ep["steps"], 7) and np.abs(ep["data"]["actions"]).max() <= 1
+        if task == "NutAssemblySquare":  # the nut is turned square: the hand's yaw action is used
+            assert np.abs(ep["data"]["actions"][:, 5]).max() > 0.05
+            assert np.abs(ep["data"]["actions"][:, 3:5]).max() == 0
 
 
 def test_generated_file_imports_with_a_simulated_task(tmp_path):

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 
 from ..shape_meta import ShapeMeta, ShapeMetaError
 from .diffusion_policy import as_uint8_images
-from .replay_buffer import DatasetError, ReplayBuffer
+from .replay_buffer import DatasetError, ReplayBuffer, checksum
 from .sequence_sampler import SequenceSampler, downsample_mask, get_val_mask
 
 _TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
@@ -225,6 +225,15 @@ class SequenceDataset(Dataset):
                                f"val_ratio {val_ratio}, max_train_episodes {max_train_episodes})")
         self.episode_mask = self.train_mask  # episodes this dataset serves
         self.sampler = self._make_sampler(self.episode_mask)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resume checks the data against (a run config's ``data``): episodes, steps, the
+        training episodes, and a CRC-32 of each array as loaded (after any index or transform), so other
+        content at the same path is refused rather than trained on."""
+        buf = self.replay_buffer
+        return {"episodes": int(buf.n_episodes), "steps": int(buf.n_steps),
+                "train_episodes": int(self.train_mask.sum()),
+                "crc32": {k: checksum(v) for k, v in buf.data.items()}}
 
     def _make_sampler(self, mask: np.ndarray) -> SequenceSampler:
         return SequenceSampler(self.replay_buffer, self.horizon, self.n_obs_steps - 1, self.n_action_steps - 1,

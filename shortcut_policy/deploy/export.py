@@ -118,6 +118,11 @@ def export_metadata(policy: ShortcutPolicy, num_inference_steps: int, backend: s
         "torch_version": torch.__version__,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+    # the eager policy's out-of-range warning, which the traced graph does not keep: ExportedPolicy repeats it
+    meta["obs_range_check"] = {
+        "threshold": float(policy.OUT_OF_RANGE),
+        "fields": {k: {name: getattr(policy.normalizer.field(k), name).detach().cpu().double().reshape(-1).tolist()
+                       for name in ("scale", "center", "output_center")} for k in sm.low_dim_keys}}
     task = (run or {}).get("task", {})
     if isinstance(task, dict) and task.get("name"):
         meta["task"] = task["name"]

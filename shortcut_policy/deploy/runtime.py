@@ -68,6 +68,11 @@ class ExportedPolicy:
         self.n_obs_steps = m["n_obs_steps"]
         self.noise_shape = (m["horizon"], m["action_dim"])
         self.chunk_shape = (m["n_action_steps"], m["action_dim"])
+        check = m.get("obs_range_check") or {}  # absent in exports written before it existed
+        self._range_threshold = check.get("threshold")
+        self._range_fields = {k: tuple(np.asarray(f[n], dtype=np.float64) for n in ("scale", "center", "output_center"))
+                              for k, f in (check.get("fields") or {}).items()}
+        self._range_warned: set[str] = set()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -107,8 +112,26 @@ class ExportedPolicy:
                 bad = np.argwhere(~np.isfinite(arr))[0].tolist()
                 raise ExportError(f"observation history [{key!r}] contains NaN or inf (first at index {bad}); "
                                   "check the sensors before acting on this observation")
+            self._check_range(key, arr)
             out[key] = arr
         return out
+
+    def _check_range(self, key: str, arr: np.ndarray) -> None:
+        """The eager policy's warning: a low-dim value more than the threshold's half-ranges from the
+        training data's centre (in the normalizer's units) is passed on, said once per key until ``reset()``."""
+        if key not in self._range_fields or key in self._range_warned or not arr.size:
+            return
+        scale, center, out_center = self._range_fields[key]
+        worst = float(np.abs((arr.reshape(*arr.shape[:2], -1) - center) * scale + out_center).max())
+        if worst > self._range_threshold:
+            self._range_warned.add(key)
+            warnings.warn(f"observation[{key!r}] is {worst:.3g} half-ranges from the training data's centre (beyond "
+                          f"{self._range_threshold}): the policy {self.path.name} extrapolates (said once per key "
+                          "until reset())", RuntimeWarning, stacklevel=4)
+
+    def reset(self) -> None:
+        """Start of an episode: the out-of-range warning may be said again."""
+        self._range_warned = set()
 
     def check_noise(self, noise: Any, batch: int) -> np.ndarray:
         arr = np.asarray(noise, dtype=np.float32)

@@ -45,8 +45,12 @@ class RunLogger:
         bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
         if bad:
             raise FloatingPointError(f"metrics {bad} are NaN or inf at step {step}: {metrics}")
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **metrics}, allow_nan=False) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, **metrics}, allow_nan=False) + "\n")
+        except OSError as e:  # a full disk: the line may be cut, which the resume drops
+            raise OSError(e.errno, f"cannot append step {step} to {self.path}: {e.strerror} (disk full or not "
+                          "writable?); the last checkpoint is intact and the same command resumes from it") from e
         if self._wandb is not None:
             import wandb
 

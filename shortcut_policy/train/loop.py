@@ -317,7 +317,9 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
 
     ``run_config`` (plain data) is stored in every checkpoint so the model can be rebuilt.
     ``evaluate(ema_model, step)`` runs closed-loop evaluation every ``cfg.eval_every`` steps and at
-    the end, after the checkpoint of that step is written (a failing evaluation loses nothing);
+    the end, after the checkpoint of that step is written (a failing evaluation loses nothing, and one
+    that did not finish, by an exception, a kill or SIGTERM, is repeated by the resume before training
+    goes on);
     ``select = (metric, "max" | "min")`` keeps the best evaluated checkpoint as ``checkpoints/best.*``
     beside ``latest.*``. Each save writes the training state (``.pt``) and the inference file
     (``.safetensors``: EMA weights and config). With ``resume``, an existing
@@ -354,7 +356,7 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
             if not ckpt_path.exists():  # a run killed before its first checkpoint starts over: so do its metrics
                 truncate_metrics(out_dir / "metrics.jsonl", -1)
         dist.barrier()
-        start, best = 0, None
+        start, best, eval_pending, resumed_metrics = 0, None, False, None
         if resume and ckpt_path.exists():
             state = load_checkpoint(ckpt_path, map_location=device)
             missing = [k for k in REQUIRED_STATE if state.get(k) is None]
@@ -376,16 +378,19 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
             _set_rng_state(ranks[dist.rank], device, str(ckpt_path))
             start = int(state["step"])
             best = state.get("best")
+            eval_pending, resumed_metrics = bool(state.get("eval_pending")), state.get("metrics")
             if dist.main:
                 dropped = truncate_metrics(out_dir / "metrics.jsonl", start)
                 print(f"resuming {ckpt_path} at step {start}"
                       + (f" ({dropped} metrics lines after it dropped)" if dropped else ""))
         return _run(model, dataset, cfg, out_dir, ckpt_path, run_config, device, dist, opt, ema, teacher_ema,
-                    val_dataset, evaluate, select, start, best, stack.enter_context(_Stop()))
+                    val_dataset, evaluate, select, start, best, stack.enter_context(_Stop()), eval_pending,
+                    resumed_metrics)
 
 
 def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_config, device, dist: Dist, opt, ema,
-         teacher_ema, val_dataset, evaluate, select, start: int, best, stop: _Stop) -> dict[str, Any]:
+         teacher_ema, val_dataset, evaluate, select, start: int, best, stop: _Stop, eval_pending: bool = False,
+         resumed_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
     logger = RunLogger(out_dir, run_config, wandb_mode=cfg.wandb, project=cfg.wandb_project,
                        name=out_dir.name, enabled=dist.main)
     if dist.world > 1:
@@ -395,17 +400,40 @@ def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_c
     else:
         loss_fn = _LossModule(model)
 
-    def checkpoint(step: int, metrics: dict[str, Any], path: Path = ckpt_path) -> None:
+    def checkpoint(step: int, metrics: dict[str, Any], path: Path = ckpt_path, eval_pending: bool = False) -> None:
         rng_ranks = dist.gather(_rng_state(device))  # a collective: every rank calls it
         if dist.main:
+            # the inference file first: if the training state cannot be written after it, the resume repeats
+            # the steps and writes both again (the other order could leave a final .pt beside an old file)
+            save_weights(path.with_suffix(".safetensors"), ema.module.state_dict(), run_config, step)
             save_checkpoint(path, {
                 "config": run_config, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
                 "teacher_ema": teacher_ema.state_dict() if teacher_ema is not None else None,
                 "optimizer": opt.state_dict(), "rng": rng_ranks[0], "rng_ranks": rng_ranks, "metrics": metrics,
-                "train_config": dataclasses.asdict(cfg), "best": best, "world_size": dist.world})
-            save_weights(path.with_suffix(".safetensors"), ema.module.state_dict(), run_config, step)
+                "train_config": dataclasses.asdict(cfg), "best": best, "world_size": dist.world,
+                "eval_pending": eval_pending})
 
-    metrics: dict[str, Any] = {}
+    def run_evaluation(done: int) -> None:
+        """Evaluate the EMA weights at step ``done`` (already checkpointed with ``eval_pending``), keep the
+        best checkpoint, and record in ``latest.pt`` that this step's evaluation is done."""
+        nonlocal best
+        if dist.main:
+            ev = evaluate(ema.module, done)
+            metrics.update(ev)
+            logger.log(ev, done)
+            if select is not None and select[0] in ev:
+                value = float(ev[select[0]])
+                if best is None or (value > best["value"] if select[1] == "max" else value < best["value"]):
+                    best = {"metric": select[0], "value": value, "step": done}
+        best = dist.gather(best)[0]  # every rank records rank 0's selection
+        if best is not None and best["step"] == done:
+            checkpoint(done, metrics, ckpt_path.with_name("best.pt"))
+        checkpoint(done, metrics)  # latest: the evaluation is done, and the best so far (exact resume of it)
+
+    metrics: dict[str, Any] = dict(resumed_metrics or {})
+    if eval_pending and evaluate is not None:  # the run stopped during this step's evaluation: do it now
+        print(f"repeating the evaluation at step {start}, which did not finish")
+        run_evaluation(start)
     bar = None
     if cfg.progress and dist.main and start < cfg.steps:
         from tqdm import tqdm
@@ -449,7 +477,7 @@ def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_c
         evaluating = evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps)
         stopping = dist.any(stop.requested)
         if done % cfg.ckpt_every == 0 or done == cfg.steps or evaluating or stopping:
-            checkpoint(done, metrics)
+            checkpoint(done, metrics, eval_pending=evaluating)  # a stop or crash before it ends repeats it
         if stopping:
             if bar is not None:
                 bar.close()
@@ -457,18 +485,7 @@ def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_c
             print(f"stopped by SIGTERM after step {done}: checkpoint {ckpt_path} written; the same command resumes it")
             raise SystemExit(143)
         if evaluating:
-            if dist.main:
-                ev = evaluate(ema.module, done)
-                metrics.update(ev)
-                logger.log(ev, done)
-                if select is not None and select[0] in ev:
-                    value = float(ev[select[0]])
-                    if best is None or (value > best["value"] if select[1] == "max" else value < best["value"]):
-                        best = {"metric": select[0], "value": value, "step": done}
-            best = dist.gather(best)[0]  # every rank records rank 0's selection
-            if best is not None and best["step"] == done:
-                checkpoint(done, metrics, ckpt_path.with_name("best.pt"))
-                checkpoint(done, metrics)  # latest records the best so far (exact resume of the selection)
+            run_evaluation(done)
         if bar is not None:
             bar.update(1)
     if bar is not None:

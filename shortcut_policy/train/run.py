@@ -92,7 +92,8 @@ def run_training(run: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
         select = (f"eval/score@{counts[0]}", "max") if task.simulated else (f"eval/action_mse@{counts[0]}", "min")
 
     full = {**run, "task": dataclasses.asdict(task), "policy_config": pcfg.to_dict(),
-            "train": dataclasses.asdict(train_cfg), "provenance": run.get("provenance") or provenance()}
+            "train": dataclasses.asdict(train_cfg), "provenance": run.get("provenance") or provenance(),
+            "data": dataset.fingerprint()}  # a resume refuses other content at the same path
     metrics = train(policy, dataset, train_cfg, out_dir, full, teacher_ema_decay=teacher_ema_decay(pcfg.objective),
                     val_dataset=val, evaluate=evaluate, select=select, resume=run.get("resume", True))
     return out_dir, metrics

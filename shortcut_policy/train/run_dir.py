@@ -7,7 +7,8 @@ resume that refuses a different run, a metrics file that matches the checkpoint,
   and append a second curve to metrics.jsonl): resume it, or choose another out_dir.
 - ``check_resume``: a resume continues the run the checkpoint recorded. Every setting that changes
   the trajectory (task and data, policy, objective, seed, batch, optimizer, schedule, EMA, step
-  count) must be equal; the differences are listed with both values. Settings that do not change
+  count) must be equal, and so must the data's content (``data``: episodes, steps and a CRC-32 of each
+  array, which ``SequenceDataset.fingerprint`` records); the differences are listed with both values. Settings that do not change
   the weights (logging, validation, evaluation and checkpoint periods, the task's simulator settings,
   device, threads, workers, wandb, progress bars) may change.
 - ``truncate_metrics``: lines logged after the checkpoint's step (the run died before saving them)
@@ -103,13 +104,18 @@ def check_resume(saved: dict[str, Any], now: dict[str, Any], ckpt_path: Path) ->
             out["task"] = {k: v for k, v in out["task"].items() if k != "env"}
         return json.loads(json.dumps(out, default=str))  # tuples as lists, as the checkpoint stored them
 
+    old, new = keep(saved), keep(now)
+    if "data" not in old:  # checkpoints written before runs recorded their data's fingerprint
+        new.pop("data", None)
     diffs: list[str] = []
-    _diff(keep(saved), keep(now), "", diffs)
+    _diff(old, new, "", diffs)
     if diffs:
         shown = "\n  ".join(diffs[:12]) + (f"\n  ... and {len(diffs) - 12} more" if len(diffs) > 12 else "")
+        data = ("\n(data.*: the dataset at task.dataset.path is not the one this run trained on)"
+                if any(d.startswith("data") for d in diffs) else "")
         raise RunDirError(f"cannot resume {ckpt_path}: the config differs from the run it recorded in settings that "
-                          f"change the training:\n  {shown}\nresume with the recorded settings, or start a new "
-                          "out_dir")
+                          f"change the training:\n  {shown}{data}\nresume with the recorded settings and data, or "
+                          "start a new out_dir")
 
 
 def truncate_metrics(path: Path, step: int) -> int:
