@@ -2,9 +2,11 @@
 and a tiny PushT train-then-evaluate run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,6 +66,66 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, teacher):
         assert torch.equal(v, eb["ema"]["module"][k]), k
     lines = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
     assert {"train/loss", "train/loss_flow", "train/loss_consistency", "val/loss"} <= set(lines[-1])
+
+
+def test_bf16_autocast_trains_resumes_exactly_and_is_part_of_the_run(tmp_path):
+    from shortcut_policy.train.run_dir import RunDirError
+
+    torch.manual_seed(0)
+    p1, ds, run = make()
+    train(p1, ds, tcfg(6, precision="bf16", lr=1e-2), tmp_path / "a", run)
+    torch.manual_seed(0)
+    p0, _, _ = make()
+    train(p0, ds, tcfg(6, lr=1e-2), tmp_path / "fp32", run)
+    # autocast ran: the same seed and batches give other weights than fp32, yet close ones (bf16 rounding)
+    diff = [(a - b).abs().max().item() for a, b in zip(p1.state_dict().values(), p0.state_dict().values())
+            if a.is_floating_point()]
+    assert 0 < max(diff) < 0.1 and all(v.dtype == torch.float32 for v in p1.parameters())
+    losses = [json.loads(x)["train/loss"] for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(losses))
+    torch.manual_seed(0)
+    p2, _, _ = make()
+    train(p2, ds, tcfg(3, precision="bf16", lr=1e-2), tmp_path / "b", run)
+    p3, _, _ = make()
+    train(p3, ds, tcfg(6, precision="bf16", lr=1e-2), tmp_path / "b", run)
+    for (k, a), b in zip(p1.state_dict().items(), p3.state_dict().values()):
+        assert torch.equal(a, b), k
+    bf16, fp32 = tcfg(2, precision="bf16"), tcfg(2)
+    train(make()[0], ds, bf16, tmp_path / "c", {**run, "train": dataclasses.asdict(bf16)})
+    with pytest.raises(RunDirError, match="train.precision: checkpoint 'bf16', now 'fp32'"):
+        train(make()[0], ds, fp32, tmp_path / "c", {**run, "train": dataclasses.asdict(fp32)})
+    old = {**run, "train": {k: v for k, v in dataclasses.asdict(fp32).items() if k not in ("precision", "compile")}}
+    train(make()[0], ds, fp32, tmp_path / "d", old)  # a run recorded before these fields existed
+    train(make()[0], ds, fp32, tmp_path / "d", {**run, "train": dataclasses.asdict(fp32)})  # resumes as fp32
+    with pytest.raises(ValueError, match="train.precision must be one of"):
+        tcfg(3, precision="fp16")
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_the_same_model(tmp_path):
+    torch.manual_seed(0)
+    p1, ds, run = make()
+    train(p1, ds, tcfg(3, compile=True), tmp_path / "a", run)
+    torch.manual_seed(0)
+    p0, _, _ = make()
+    train(p0, ds, tcfg(3), tmp_path / "b", run)
+    assert set(p1.state_dict()) == set(p0.state_dict())  # the checkpoint's names do not change
+    for k, a in p1.state_dict().items():
+        assert torch.allclose(a, p0.state_dict()[k], atol=1e-4), k  # fused kernels sum in another order
+
+
+def test_the_prepared_gpu_job_runs_its_steps_at_tiny_sizes_on_the_cpu(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path), "SMOKE": "1", "PY": sys.executable, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(["bash", "scripts/gpu_job.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "GPU JOB DONE" in r.stdout, r.stderr[-2000:]
+    res = json.loads((tmp_path / "precision.json").read_text())
+    assert res["kind"] == "training" and set(res["ms_per_step"]) == {"fp32", "bf16"}
+    assert res["ratio_to_fp32"]["fp32"] == 1.0 and res["variants"]["bf16"] == {"precision": "bf16"}
 
 
 def test_ema_teacher_uses_its_constant_decay_from_the_first_update(tmp_path):

@@ -44,6 +44,21 @@ from .logger import RunLogger
 from .run_dir import RunDirError, RunLock, check_resume, clean_stale_temporaries, refuse_restart, truncate_metrics
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str):
+    """The loss's precision context: bf16 autocast (matrix products in bfloat16, reductions and losses in
+    float32, on CPU and CUDA alike), or nothing for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def compiled(loss_fn: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """``torch.compile`` of the loss module when ``enabled`` (the wrapped model and its state dict keep
+    their names, so checkpoints do not change)."""
+    return torch.compile(loss_fn) if enabled else loss_fn
+
+
 @dataclass
 class TrainConfig:
     """The optimizer, schedule, EMA, logging, checkpoint and device settings of a run (``train.*``).
@@ -72,9 +87,15 @@ class TrainConfig:
     wandb: str = "disabled"  # "disabled" | "offline" | "online"
     wandb_project: str = "shortcut-policy"
     progress: bool = True
+    precision: str = "fp32"  # "fp32" | "bf16": bf16 autocast of the loss (weights, optimizer and EMA stay fp32)
+    compile: bool = False  # torch.compile the loss (network, objective and targets) before the first step
 
     def __post_init__(self):
         self.betas = tuple(self.betas)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"train.compile must be true or false, got {self.compile!r}")
         for name in ("steps", "batch_size", "warmup_steps", "log_every", "val_every", "eval_every", "ckpt_every",
                      "num_threads", "num_workers"):
             value = getattr(self, name)
@@ -399,6 +420,7 @@ def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_c
         loss_fn = DistributedDataParallel(_LossModule(model), device_ids=[device.index] if device.type == "cuda" else None)
     else:
         loss_fn = _LossModule(model)
+    loss_fn = compiled(loss_fn, cfg.compile)  # after DDP, as torch recommends
 
     def checkpoint(step: int, metrics: dict[str, Any], path: Path = ckpt_path, eval_pending: bool = False) -> None:
         rng_ranks = dist.gather(_rng_state(device))  # a collective: every rank calls it
@@ -444,7 +466,8 @@ def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_c
         lr = cfg.lr_at(step)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss, info = loss_fn(batch, teacher_ema.module if teacher_ema is not None else None)
+        with autocast(device, cfg.precision):
+            loss, info = loss_fn(batch, teacher_ema.module if teacher_ema is not None else None)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at step {step}; last metrics {metrics}")
         opt.zero_grad(set_to_none=True)

@@ -28,6 +28,8 @@ from ..utils import atomic_path
 # train.* fields that may differ between the run that wrote a checkpoint and the one resuming it
 FREE_TRAIN_FIELDS = {"log_every", "val_every", "eval_every", "ckpt_every", "device", "num_threads", "num_workers",
                      "wandb", "wandb_project", "progress"}
+# train.* fields added after checkpoints were first written: absent from an old checkpoint means this value
+NEW_TRAIN_FIELDS = {"precision": "fp32", "compile": False}
 # top-level run-config entries that never change the weights
 FREE_RUN_KEYS = {"eval", "out_dir", "provenance", "resume", "hydra"}
 
@@ -105,6 +107,8 @@ def check_resume(saved: dict[str, Any], now: dict[str, Any], ckpt_path: Path) ->
         return json.loads(json.dumps(out, default=str))  # tuples as lists, as the checkpoint stored them
 
     old, new = keep(saved), keep(now)
+    if isinstance(old.get("train"), dict):
+        old["train"] = {**NEW_TRAIN_FIELDS, **old["train"]}
     if "data" not in old:  # checkpoints written before runs recorded their data's fingerprint
         new.pop("data", None)
     diffs: list[str] = []
