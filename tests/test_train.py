@@ -102,16 +102,24 @@ def test_bf16_autocast_trains_resumes_exactly_and_is_part_of_the_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_torch_compile_trains_the_same_model(tmp_path):
+def test_torch_compile_trains_the_same_model(tmp_path, monkeypatch):
+    import torch._inductor.config as inductor
+
+    # compiled code draws its noise with its own generator unless told to use torch's: with the same draws,
+    # the compiled and the eager run must take the same steps up to the order of floating-point sums
+    monkeypatch.setattr(inductor, "fallback_random", True)
     torch.manual_seed(0)
     p1, ds, run = make()
     train(p1, ds, tcfg(3, compile=True), tmp_path / "a", run)
     torch.manual_seed(0)
     p0, _, _ = make()
     train(p0, ds, tcfg(3), tmp_path / "b", run)
-    assert set(p1.state_dict()) == set(p0.state_dict())  # the checkpoint's names do not change
+    assert list(p1.state_dict()) == list(p0.state_dict())  # the checkpoint's names do not change
     for k, a in p1.state_dict().items():
-        assert torch.allclose(a, p0.state_dict()[k], atol=1e-4), k  # fused kernels sum in another order
+        assert torch.allclose(a, p0.state_dict()[k], atol=1e-5), k
+    losses = [[json.loads(x)["train/loss"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+               if "train/loss" in x] for d in ("a", "b")]
+    assert np.allclose(losses[0], losses[1], rtol=1e-4)
 
 
 def test_the_prepared_gpu_job_runs_its_steps_at_tiny_sizes_on_the_cpu(tmp_path):
