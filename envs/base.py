@@ -66,6 +66,13 @@ class RolloutResult:
         names, counts = np.unique(np.asarray(self.outcomes), return_counts=True)
         return {str(k): float(c) / self.n_episodes for k, c in zip(names, counts)}
 
+    def outcome_success(self) -> dict[str, float] | None:
+        """Success rate of the episodes of each outcome (a multi-task run's per-task success)."""
+        if self.outcomes is None:
+            return None
+        names = np.asarray(self.outcomes)
+        return {str(k): float(self.successes[names == k].mean()) for k in np.unique(names)}
+
     @property
     def n_episodes(self) -> int:
         return len(self.seeds)

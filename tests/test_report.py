@@ -65,5 +65,14 @@ def test_outcome_bars_for_tasks_with_several_answers(tmp_path):
            "flow": {"steps": {"1": {"outcome_shares": {"left": 0.1, "neither": 0.9}}, "16": {"score": 1.0}}}}
     plot_outcomes(res, str(tmp_path / "o.png"))
     assert (tmp_path / "o.png").stat().st_size > 1000
+    from shortcut_policy.envs.base import RolloutResult
+
+    r = RolloutResult(seeds=[1, 2, 3, 4, 5], scores=[1, 0, 1, 1, 0], successes=[1, 0, 1, 1, 0], lengths=[5] * 5,
+                      outcomes=["push", "push", "door", "door", "door"])
+    assert r.outcome_shares() == {"door": 0.6, "push": 0.4}
+    assert r.outcome_success() == pytest.approx({"door": 2 / 3, "push": 0.5})  # a multi-task run's per-task success
+    plot_outcomes({"mt": {"steps": {"1": {"outcome_shares": r.outcome_shares(),
+                                          "outcome_success": r.outcome_success()}}}}, str(tmp_path / "mt.png"))
+    assert (tmp_path / "mt.png").stat().st_size > 0
     with pytest.raises(ValueError, match="no results with outcome_shares"):
         plot_outcomes({"x": {"steps": {"1": {"score": 0.5}}}}, str(tmp_path / "none.png"))

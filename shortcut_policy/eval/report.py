@@ -125,5 +125,5 @@ def report_main(argv: list[str] | None = None) -> None:
         from .sweep import plot_outcomes
 
         path = out.with_name(out.stem + "_outcomes.png")
-        plot_outcomes(with_outcomes, str(path), title=f"{args.task}: which answer each episode took, per method and calls")
+        plot_outcomes(with_outcomes, str(path), title=f"{args.task}: episodes that succeeded, by outcome (the answer taken, or the task); grey: failed")
         print(f"wrote {path}")

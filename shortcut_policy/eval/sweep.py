@@ -45,7 +45,8 @@ def sweep(policy, runner, steps_list: Sequence[int] = DEFAULT_STEPS, latency_ite
             "episode_scores": [round(float(x), 4) for x in res.scores],
         }
         if res.outcomes is not None:  # several ways to succeed: which one each episode took
-            out[str(n)].update(outcome_shares=res.outcome_shares(), episode_outcomes=res.outcomes)
+            out[str(n)].update(outcome_shares=res.outcome_shares(), outcome_success=res.outcome_success(),
+                               episode_outcomes=res.outcomes)
         if progress:
             r = out[str(n)]
             print(f"  steps {n:>3}: score {r['score']:.3f}  success {r['success']:.2f}  "
@@ -88,22 +89,35 @@ def plot_sweeps(results: dict[str, dict[str, Any]], path: str, title: str = "") 
 
 
 def plot_outcomes(results: dict[str, dict[str, Any]], path: str, title: str = "") -> None:
-    """Stacked bars of the episodes' outcome shares (which answer each episode took, and "neither") per
-    method and number of calls, for tasks whose runner reports outcomes ({method: results})."""
+    """Stacked bars per method and number of calls, for tasks whose runner reports outcomes ({method:
+    results}): the share of episodes that succeeded with each outcome (which answer an episode took, or
+    a multi-task run's task) and, in grey, the share that failed. Results written before the sweep
+    recorded ``outcome_success`` show the outcome shares as they are (TwoCubeLift's "neither" is its
+    failures)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bars = [(f"{method.split('/')[-1]}\n{n} call{'s' if int(n) > 1 else ''}", r["outcome_shares"])
+    def segments(r):
+        shares, rate = r["outcome_shares"], r.get("outcome_success")
+        if rate is None:
+            return shares
+        won = {k: v * rate.get(k, 0.0) for k, v in shares.items()}
+        return {**won, "failed": max(0.0, 1.0 - sum(won.values()))}
+
+    bars = [(f"{method.split('/')[-1].replace('-', '-' + chr(10))}\n{n} call{'s' if int(n) > 1 else ''}", segments(r))
             for method, res in results.items() for n, r in res["steps"].items() if r.get("outcome_shares")]
     if not bars:
         raise ValueError("no results with outcome_shares: the task's runner reports no outcomes")
-    names = sorted({k for _, shares in bars for k in shares}, key=lambda k: (k == "neither", k))
+    grey = ("neither", "failed")
+    names = sorted({k for _, shares in bars for k in shares}, key=lambda k: (k in grey, k))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.95 * len(bars) + 2), 4.2))
+    palette = [c for j, c in enumerate(plt.cm.tab20.colors) if j not in (14, 15)]  # tab20 without its greys
+    palette = palette[0::2] + palette[1::2]  # the strong shades first
     bottom = [0.0] * len(bars)
     for i, name in enumerate(names):
         vals = [shares.get(name, 0.0) for _, shares in bars]
-        ax.bar(range(len(bars)), vals, bottom=bottom, label=name, color="0.8" if name == "neither" else f"C{i}")
+        ax.bar(range(len(bars)), vals, bottom=bottom, label=name, color="0.8" if name in grey else palette[i % len(palette)])
         bottom = [b + v for b, v in zip(bottom, vals)]
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
     ax.set_ylabel("share of episodes")
