@@ -105,7 +105,10 @@ def plot_outcomes(results: dict[str, dict[str, Any]], path: str, title: str = ""
         won = {k: v * rate.get(k, 0.0) for k, v in shares.items()}
         return {**won, "failed": max(0.0, 1.0 - sum(won.values()))}
 
-    bars = [(f"{method.split('/')[-1].replace('-', '-' + chr(10))}\n{n} call{'s' if int(n) > 1 else ''}", segments(r))
+    def label(method: str, n: str) -> str:  # long method names wrap at their hyphens
+        return method.split("/")[-1].replace("-", "-\n") + f"\n{n} call{'s' if int(n) > 1 else ''}"
+
+    bars = [(label(method, n), segments(r))
             for method, res in results.items() for n, r in res["steps"].items() if r.get("outcome_shares")]
     if not bars:
         raise ValueError("no results with outcome_shares: the task's runner reports no outcomes")

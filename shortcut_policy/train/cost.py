@@ -18,11 +18,6 @@ PRECISION_VARIANTS = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16
                       "bf16+compile": {"precision": "bf16", "compile": True}}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def step_times(dataset, variants: dict[str, dict[str, Any]] | None = None, net: str = "unet1d_small",
                net_kwargs: dict[str, Any] | None = None, batch_size: int = 64, steps: int = 30, warmup: int = 3,
                rounds: int = 3, seed: int = 0, device: str | torch.device = "cpu",
@@ -32,14 +27,16 @@ def step_times(dataset, variants: dict[str, dict[str, Any]] | None = None, net: 
     compile), run through the training loop's own ``autocast`` and ``compiled``; the default variants
     are the objectives (``KINDS``). Variants are timed in interleaved rounds so a slow spell of the
     machine does not land on one of them; compilation happens in the warm-up steps."""
+    from ..latency import torch_sync
     from ..policy import PolicyConfig, ShortcutPolicy
-    from .loop import _LossModule, autocast, compiled
+    from .loop import _LossModule, _to_device, autocast, compiled
 
     device = torch.device(device)
+    sync = torch_sync(device) or (lambda: None)
     variants = variants or {k: {"objective": k} for k in KINDS}
     g = torch.Generator().manual_seed(seed)
-    batches = [dataset.get_batch(torch.randint(len(dataset), (batch_size,), generator=g).tolist()) for _ in range(4)]
-    batches = [{"obs": {k: v.to(device) for k, v in b["obs"].items()}, "action": b["action"].to(device)} for b in batches]
+    batches = [_to_device(dataset.get_batch(torch.randint(len(dataset), (batch_size,), generator=g).tolist()), device)
+               for _ in range(4)]
     runs = {}
     for name, v in variants.items():
         torch.manual_seed(seed)
@@ -53,14 +50,14 @@ def step_times(dataset, variants: dict[str, dict[str, Any]] | None = None, net: 
     for _ in range(rounds):
         for name, (p, loss_fn, opt, precision) in runs.items():
             for i in range(warmup + steps):
-                _sync(device)
+                sync()
                 t0 = time.perf_counter()
                 with autocast(device, precision):
                     loss, _ = loss_fn(batches[i % len(batches)])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                _sync(device)
+                sync()
                 if i >= warmup:
                     times[name].append(time.perf_counter() - t0)
     med = {k: 1e3 * float(torch.tensor(v).median()) for k, v in times.items()}
