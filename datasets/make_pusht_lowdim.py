@@ -23,7 +23,7 @@ KEYS = ("state", "keypoint", "action")
 
 def make_copy(src: Path, out: Path, overwrite: bool = False) -> ReplayBuffer:
     """Copy the low-dim keys of ``src`` to ``out`` and verify; returns the written buffer."""
-    source = ReplayBuffer.from_path(src, keys=KEYS)
+    source = ReplayBuffer.from_path(src, keys=KEYS, warn_unverified=False)  # this copy is verified against it
     compact = ReplayBuffer(
         {k: source[k].astype(np.float32) for k in KEYS},
         source.episode_ends.astype(np.int64),

@@ -168,6 +168,8 @@ def test_make_script_keeps_only_lowdim_keys(tmp_path):
     out = ReplayBuffer.from_path(tmp_path / "out.zarr")
     assert sorted(out.keys()) == ["action", "keypoint", "state"]
     assert out["state"].dtype == np.float32 and out.episode_ends.tolist() == [3, 7]
+    sums = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs["checksums"]  # verified at every later load
+    assert sorted(sums) == ["data/action", "data/keypoint", "data/state", "meta/episode_ends"]
 
 
 # ---------------------------------------------------------------- generic behaviour on small stores

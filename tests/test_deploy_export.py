@@ -163,6 +163,10 @@ def test_input_shape_and_nan_errors(ts_export):
     bad["observation.state"][0, 1, 3] = np.nan
     with pytest.raises(ExportError, match=r"\['observation.state'\] contains NaN or inf \(first at index \[0, 1, 3\]\)"):
         p.predict_action_chunk(bad)
+    noise = np.zeros((1, *p.noise_shape), dtype=np.float32)
+    noise[0, 2, 1] = np.inf
+    with pytest.raises(ExportError, match="noise contains NaN or inf"):
+        p.predict_action_chunk(good, noise=noise)
 
 
 def test_default_noise_is_seeded(ts_export):

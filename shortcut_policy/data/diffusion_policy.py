@@ -28,7 +28,7 @@ def as_uint8_images(key: str, arr: np.ndarray) -> np.ndarray:
 def import_dp_zarr(src: str | os.PathLike, out: str | os.PathLike | None = None, keys: Sequence[str] | None = None,
                    overwrite: bool = False) -> ReplayBuffer:
     """Copy a Diffusion Policy zarr store (``keys``, default all) into this package's format."""
-    raw = ReplayBuffer.from_path(src, keys=keys)
+    raw = ReplayBuffer.from_path(src, keys=keys, warn_unverified=False)  # this call makes the verified copy
     buf = ReplayBuffer({k: as_uint8_images(k, v) for k, v in raw.data.items()}, raw.episode_ends, meta=raw.meta,
                        attrs={**raw.attrs, "source": {"format": "diffusion_policy_zarr", "path": str(src)}})
     if out is not None:

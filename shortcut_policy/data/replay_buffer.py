@@ -120,12 +120,15 @@ class ReplayBuffer:
         return cls({}, np.zeros(0, dtype=np.int64))
 
     @classmethod
-    def from_path(cls, path: str | os.PathLike, keys: Iterable[str] | None = None) -> ReplayBuffer:
+    def from_path(cls, path: str | os.PathLike, keys: Iterable[str] | None = None,
+                  warn_unverified: bool = True) -> ReplayBuffer:
         """Load ``data/<key>`` for the chosen keys (all when None), ``meta/*`` and the attributes.
 
         Reads zarr format 2 and 3 stores. Only the chosen keys are read, so a store with
         large image arrays costs nothing when only low-dim keys are asked for. Errors name the
-        store and the array (a missing, truncated or corrupt chunk included).
+        store and the array (a missing, truncated or corrupt chunk included). A store without this
+        package's checksums is said to be unverifiable (a ``RuntimeWarning``, once per store) unless
+        ``warn_unverified`` is False (the importer, which makes the verified copy).
         """
         path = Path(path)
         if not path.exists():
@@ -156,7 +159,7 @@ class ReplayBuffer:
         data = {k: _read_array(root["data"], k, path, "data") for k in keys}
         meta = {k: _read_array(root["meta"], k, path, "meta") for k in meta_keys}
         attrs = dict(root.attrs)
-        _verify_checksums(path, attrs, {"meta/episode_ends": episode_ends, **{f"data/{k}": v for k, v in data.items()},
+        _verify_checksums(path, attrs, warn_unverified, {"meta/episode_ends": episode_ends, **{f"data/{k}": v for k, v in data.items()},
                                         **{f"meta/{k}": v for k, v in meta.items()}})
         attrs.pop(CHECKSUMS, None)
         try:
@@ -353,6 +356,7 @@ def _read_array(group, name: str, path: Path, where: str) -> np.ndarray:
     return out
 
 
+_UNCHECKED_SAID: set[str] = set()  # stores without checksums already warned about in this process
 CHECKSUMS = "checksums"  # attribute of stores this package writes: {"data/<key>": crc32 of the array bytes}
 
 
@@ -362,10 +366,17 @@ def checksum(arr: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(arr).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
 
 
-def _verify_checksums(path: Path, attrs: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+def _verify_checksums(path: Path, attrs: Mapping[str, Any], warn_unverified: bool,
+                      arrays: Mapping[str, np.ndarray]) -> None:
     sums = attrs.get(CHECKSUMS)
-    if not isinstance(sums, Mapping):
-        return  # a store written elsewhere: nothing recorded to check against
+    if not isinstance(sums, Mapping):  # a store written elsewhere: nothing recorded to check against
+        if warn_unverified and str(path.resolve()) not in _UNCHECKED_SAID:
+            _UNCHECKED_SAID.add(str(path.resolve()))
+            warnings.warn(f"{path} carries no checksums (written by another tool): a flipped bit or a truncated chunk "
+                          f"that still decodes would load as wrong numbers without an error. `shortcut-import zarr "
+                          f"--src {path} --out <copy>.zarr` writes a copy whose every later read is verified",
+                          RuntimeWarning, stacklevel=3)
+        return
     for name, arr in arrays.items():
         want = sums.get(name)
         if want is not None and checksum(arr) != int(want):
