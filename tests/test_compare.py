@@ -19,8 +19,10 @@ from shortcut_policy.results import ResultError, merge_results
 REPO = Path(__file__).resolve().parents[1]
 
 
-def result(method, per_step, seeds=(100000, 100004), **extra):
-    """A results file as scripts/eval.py writes it, from {steps: episode scores}."""
+def result(method, per_step, seeds=None, **extra):
+    """A results file as scripts/eval.py writes it, from {steps: episode scores} (episode seeds from 100000)."""
+    n = len(next(iter(per_step.values())))
+    seeds = (100000, 100000 + n - 1) if seeds is None else seeds
     steps = {str(n): {"score": float(np.mean(s)), "success": 0.0, "episode_scores": list(map(float, s))}
              for n, s in per_step.items()}
     doc = {"kind": "sweep", "task": "pusht_lowdim", "method": method, "command": "python scripts/eval.py ...",
@@ -121,10 +123,20 @@ def test_side_b_at_a_fixed_other_step_count(tmp_path):
     assert "| 1 vs 100 |" in p.stdout and "| 2 vs 100 |" in p.stdout  # every count of a, against b's 100
 
 
+def test_blocks_of_different_length_pair_on_their_common_seeds():
+    long = result("a", {1: [0.9, 0.8, 0.7, 0.6]}, seeds=(100000, 100003))
+    short = result("b", {1: [0.5, 0.5]}, seeds=(100001, 100002))  # a later evaluation on part of the block
+    r = paired_difference([long], [short], 1)
+    assert r["episodes"] == 2 and r["episode_seeds"] == [100001, 100002]
+    assert math.isclose(r["diff"], ((0.8 - 0.5) + (0.7 - 0.5)) / 2)
+
+
 def test_refuses_unpaired_or_incomplete_results():
     a = result("a", {1: [0.9, 0.8]})
-    with pytest.raises(ValueError, match="different episode seeds"):
+    with pytest.raises(ValueError, match="different episode seeds .* none in common"):
         paired_difference([a], [result("b", {1: [0.9, 0.8]}, seeds=(0, 1))], 1)
+    with pytest.raises(ValueError, match="not a range of consecutive episode seeds"):
+        paired_difference([a], [result("b", {1: [0.9, 0.8]}, seeds=(100000, 100004))], 1)
     with pytest.raises(KeyError, match="no entry for 2 steps"):
         paired_difference([a], [result("b", {1: [0.9, 0.8]})], 2)
     old = result("old", {1: [0.9, 0.8]})

@@ -100,9 +100,19 @@ def welch(ma: np.ndarray, mb: np.ndarray) -> dict[str, float]:
             "p_seeds": t_sf(diff / se, df)}
 
 
+def _seed_range(result: dict[str, Any]) -> tuple[int, int]:
+    """(first, last) episode seed of a results file (its episodes run on consecutive seeds)."""
+    seeds, n = result.get("seeds", []), result.get("episodes")
+    if len(seeds) != 2 or not isinstance(n, int) or int(seeds[1]) - int(seeds[0]) + 1 != n:
+        raise ValueError(f"{result.get('method', '?')}: seeds {seeds} with {n} episodes is not a range of "
+                         "consecutive episode seeds")
+    return int(seeds[0]), int(seeds[1])
+
+
 def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], steps: int,
                       b_steps: int | None = None) -> dict[str, Any]:
-    """Score difference (a - b) at ``steps`` calls, paired by episode seed.
+    """Score difference (a - b) at ``steps`` calls, paired by episode seed (on the seeds every file
+    was evaluated on, when their blocks differ in length).
 
     ``b_steps`` evaluates side b at a fixed other count (one shortcut call against 100 DDPM steps,
     say); by default both sides use ``steps``.
@@ -117,19 +127,22 @@ def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], 
     """
     if not a or not b:
         raise ValueError("paired_difference needs at least one results file on each side")
-    seeds = {tuple(r.get("seeds", [])) for r in [*a, *b]}
-    episodes = {r.get("episodes") for r in [*a, *b]}
-    if len(seeds) != 1 or len(episodes) != 1:
-        raise ValueError(f"results were evaluated on different episode seeds ({sorted(seeds)}, "
-                         f"episodes {sorted(episodes, key=str)}); a paired comparison needs the same ones")
-    sa = np.stack([episode_scores(r, steps) for r in a])
-    sb = np.stack([episode_scores(r, steps if b_steps is None else b_steps) for r in b])
-    if sa.shape[1] != sb.shape[1]:
-        raise ValueError(f"episode counts differ: {sa.shape[1]} vs {sb.shape[1]}")
+    ranges = [_seed_range(r) for r in [*a, *b]]
+    lo, hi = max(r[0] for r in ranges), min(r[1] for r in ranges)
+    if lo > hi:
+        raise ValueError(f"results were evaluated on different episode seeds ({sorted(set(ranges))}) with none in "
+                         "common; a paired comparison needs the same ones")
+
+    def common(r: dict[str, Any], n: int) -> np.ndarray:  # the episodes every file has, in seed order
+        first = int(r["seeds"][0])
+        return episode_scores(r, n)[lo - first: hi - first + 1]
+
+    sa = np.stack([common(r, steps) for r in a])
+    sb = np.stack([common(r, steps if b_steps is None else b_steps) for r in b])
     diff = sa.mean(0) - sb.mean(0)
     n = diff.shape[0]
     out: dict[str, Any] = {
-        "steps": steps, "b_steps": steps if b_steps is None else b_steps, "episodes": n,
+        "steps": steps, "b_steps": steps if b_steps is None else b_steps, "episodes": n, "episode_seeds": [lo, hi],
         "a_mean": float(sa.mean()), "b_mean": float(sb.mean()),
         "a_seed_means": [float(x) for x in sa.mean(1)], "b_seed_means": [float(x) for x in sb.mean(1)],
         "diff": float(diff.mean()),
