@@ -622,13 +622,9 @@ DDP_SCRIPT = textwrap.dedent("""
 def test_two_processes_with_half_batches_equal_one_process_with_the_whole(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT.format(repo=str(REPO)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    one = _torchrun(script, tmp_path / "one", 1, 0)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-                          str(script), str(tmp_path / "two")], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=300)
+    two = _torchrun(script, tmp_path / "two", 2, 29517)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _final(tmp_path / "one"), _final(tmp_path / "two")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
