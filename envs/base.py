@@ -30,7 +30,9 @@ class RolloutResult:
     seeds (N,) int64, scores (N,) float64 (best reward of the episode), successes (N,) bool,
     lengths (N,) int64 (env steps executed), act_times: wall time in s of every act_fn call;
     outcomes: for tasks with several ways to succeed, which one each episode took (a name per episode,
-    e.g. TwoCubeLift's "left" / "right" / "neither"), else None.
+    e.g. TwoCubeLift's "left" / "right" / "neither"), else None. finals: for tasks that describe
+    where an episode ended (PushT: the block's position and angle error to the goal, the coverage),
+    one dict of numbers per episode, else None.
     """
 
     seeds: np.ndarray
@@ -39,6 +41,7 @@ class RolloutResult:
     lengths: np.ndarray
     act_times: list[float] = field(default_factory=list)
     outcomes: list[str] | None = None
+    finals: list[dict[str, float]] | None = None
 
     def __post_init__(self):
         self.seeds = np.asarray(self.seeds, dtype=np.int64).reshape(-1)
@@ -58,6 +61,10 @@ class RolloutResult:
             self.outcomes = [str(o) for o in self.outcomes]
             if len(self.outcomes) != n:
                 raise ValueError(f"RolloutResult.outcomes has {len(self.outcomes)} entries, seeds has {n}")
+        if self.finals is not None:
+            self.finals = [{str(k): float(v) for k, v in f.items()} for f in self.finals]
+            if len(self.finals) != n:
+                raise ValueError(f"RolloutResult.finals has {len(self.finals)} entries, seeds has {n}")
 
     def outcome_shares(self) -> dict[str, float] | None:
         """Share of episodes per outcome (None when the task names none)."""
@@ -117,6 +124,7 @@ class RolloutResult:
             "act_time_ms_p99": ms(99),
             "act_times_s": list(self.act_times),
             **({"outcomes": self.outcomes, "outcome_shares": self.outcome_shares()} if self.outcomes is not None else {}),
+            **({"finals": self.finals} if self.finals is not None else {}),
         }
 
 

@@ -64,6 +64,12 @@ class LockstepRunner(EnvRunner):
         outcome = getattr(env.unwrapped, "outcome", None)
         return None if outcome is None else str(outcome())
 
+    def episode_final(self, env: gym.Env) -> dict[str, float] | None:
+        """Where an ended episode left the task (its single-step env's ``final_state()``, when it has
+        one: a dict of numbers, e.g. PushT's block pose error); None for tasks without one."""
+        final = getattr(env.unwrapped, "final_state", None)
+        return None if final is None else dict(final())
+
     def _env(self, i: int) -> MultiStepWrapper:
         # envs are reused across runs: reset(seed) rebuilds the simulation, so a pooled env is as good as a new one
         while len(self._envs) <= i:
@@ -90,6 +96,7 @@ class LockstepRunner(EnvRunner):
         successes = np.zeros(n, dtype=bool)
         lengths = np.zeros(n, dtype=np.int64)
         outcomes: list[str | None] = [None] * n
+        finals: list[dict[str, float] | None] = [None] * n
         act_times: list[float] = []
         recorders = [env.env for env in envs]  # the VideoRecorder under each MultiStepWrapper
         bar = _progress_bar(progress, total=math.ceil(self.max_episode_steps / self.n_action_steps), desc=self.name)
@@ -114,6 +121,7 @@ class LockstepRunner(EnvRunner):
                     if terminated or truncated:
                         recorders[i].stop()
                         outcomes[i] = self.episode_outcome(envs[i])
+                        finals[i] = self.episode_final(envs[i])
                     else:
                         still_running.append(i)
                 active = still_running
@@ -126,7 +134,8 @@ class LockstepRunner(EnvRunner):
             if bar is not None:
                 bar.close()
         return RolloutResult(seeds=seeds, scores=scores, successes=successes, lengths=lengths, act_times=act_times,
-                             outcomes=None if any(o is None for o in outcomes) else outcomes)
+                             outcomes=None if any(o is None for o in outcomes) else outcomes,
+                             finals=None if any(f is None for f in finals) else finals)
 
     def close(self):
         for env in self._envs:

@@ -160,11 +160,23 @@ class _PushTEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         raw, info = self.sim.reset(seed=seed, options=options)
+        self._coverage = None
         return self._obs(raw), info
 
     def step(self, action):
         raw, reward, terminated, truncated, info = self.sim.step(action)
+        self._coverage = float(info["coverage"])
         return self._obs(raw), reward, terminated, truncated, info
+
+    def final_state(self) -> dict[str, float]:
+        """Where the block is against the goal now: ``position_error_px`` (distance of the block's
+        origin to the goal's, pixels of the 512 px arena), ``angle_error_deg`` (signed, wrapped to
+        (-180, 180]), ``coverage`` (goal area covered after the last step; success is > 0.95)."""
+        pose, goal = np.asarray(self.sim.block.position, dtype=np.float64), np.asarray(self.sim.goal_pose, dtype=np.float64)
+        dangle = float(np.degrees(self.sim.block.angle - goal[2]))
+        dangle = dangle - 360.0 * np.ceil((dangle - 180.0) / 360.0)  # wrapped to (-180, 180]
+        return {"position_error_px": float(np.linalg.norm(pose - goal[:2])), "angle_error_deg": dangle,
+                "coverage": float("nan") if self._coverage is None else self._coverage}
 
     def render(self):
         return self.sim.render()

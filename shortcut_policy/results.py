@@ -26,6 +26,8 @@ KINDS = {
     "latency": "chunk latency per backend and number of network calls (scripts/latency.py)",
     "deploy": "the real-time controller driving a simulator in wall-clock time (scripts/deploy_sim.py)",
     "diagnostics": "offline step-count diagnostics of checkpoints (scripts/diagnose.py)",
+    "finals": "where closed-loop episodes ended (PushT: the block's pose error) per method and number of calls "
+              "(scripts/final_poses.py)",
     "comparison": "paired comparison of two evaluations on the same episodes (scripts/compare.py)",
     "losses": "final training losses of runs (scripts/losses.py)",
     "data": "data-path measurements: import speed, chunking, loader throughput (scripts/bench_data.py)",

@@ -51,6 +51,9 @@ def test_known_flow_gives_the_expected_distances():
     assert r["1"]["to_ref"] == pytest.approx(float(((one - ref) ** 2).mean().sqrt()), rel=1e-5)
     assert r["2"]["to_ref"] == pytest.approx(float(((two - ref) ** 2).mean().sqrt()), rel=1e-5)
     assert r["8"]["to_ref"] == 0.0
+    by_index = ((one - ref) ** 2).mean(dim=(0, 1, 3)).sqrt()  # per chunk position
+    assert r["1"]["to_ref_by_index"] == pytest.approx(by_index.tolist(), abs=1e-4) and len(by_index) == 4
+    assert float(torch.tensor(r["1"]["to_ref_by_index"]).pow(2).mean().sqrt()) == pytest.approx(r["1"]["to_ref"], rel=1e-3)
     assert r["1"]["spread"] == pytest.approx(0.0, abs=1e-4)  # every noise collapses to one chunk
     assert r["2"]["spread"] < r["8"]["spread"]
     demo = torch.stack([w["action"][:4] for w in ws])[:, None]

@@ -170,6 +170,18 @@ def test_finished_episodes_leave_the_batch():
     assert res.successes.tolist() == [True, False, False]
     assert res.lengths.tolist() == [1, 20, 20]
     assert res.scores[0] == 1.0 and res.success == pytest.approx(1 / 3)
+    # where each episode left the block: the goal itself, then two untouched starts
+    f = res.finals
+    assert f[0]["position_error_px"] == pytest.approx(0.0, abs=1e-6) and f[0]["angle_error_deg"] == pytest.approx(0.0, abs=1e-6)
+    assert f[0]["coverage"] == pytest.approx(1.0, abs=1e-6)
+    assert f[1]["position_error_px"] == pytest.approx(np.hypot(106.0, 94.0), abs=1e-3)
+    assert f[1]["angle_error_deg"] == pytest.approx(np.degrees(0.5 - np.pi / 4), abs=1e-3)
+    assert f[2]["angle_error_deg"] == pytest.approx(np.degrees(2.0 - np.pi / 4), abs=1e-3)
+    assert 0.0 <= f[1]["coverage"] < 0.95 and "finals" in res.to_dict()
+    # angles wrap to (-180, 180]: a block turned a full circle and a bit is a bit off
+    res = PushTRunner(max_episode_steps=1, seeds=[1], reset_states=[[60.0, 60.0, 256.0, 256.0, np.pi / 4 + 2 * np.pi - 0.1]]).run(
+        act_fn, progress=False)
+    assert res.finals[0]["angle_error_deg"] == pytest.approx(np.degrees(-0.1), abs=1e-3)
 
 
 def test_runner_rejects_bad_actions_and_names():

@@ -52,6 +52,19 @@ def test_trunk_downsamples_by_32_with_512_channels(size, out):
     assert y.shape == (2, 512, out, out)
 
 
+def test_a_narrower_trunk_keeps_the_layout_at_a_fraction_of_the_weights():
+    full, narrow = ResNet18Trunk(), ResNet18Trunk(width=32)
+    assert narrow(torch.zeros(2, 3, 84, 84)).shape == (2, 256, 3, 3)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert 0.2 < count(narrow) / count(full) < 0.3  # convolutions scale with width^2
+    assert [n for n, _ in narrow.named_parameters()] == [n for n, _ in full.named_parameters()]
+    for bad in (8, 40, 0):
+        with pytest.raises(ValueError, match="multiple of 16"):
+            ResNet18Trunk(width=bad)
+    enc = ObsEncoder(ShapeMeta.from_dict(meta(size=48)), 2, out_dim=16, num_kp=8, width=16)
+    assert enc.encoders["cam"].trunk.out_channels == 128 and enc.encoders["cam"].pool.proj.in_channels == 128
+
+
 def test_image_encoder_output_shape_and_crop_sizes():
     enc = ImageEncoder((96, 96, 3), out_dim=24, num_kp=8, crop=(84, 84))
     x = torch.rand(3, 96, 96, 3) * 2 - 1
@@ -192,6 +205,9 @@ def test_a_foreign_state_dict_is_refused_by_name(tmp_path):
     torch.save(sd, tmp_path / "short.pth")
     with pytest.raises(ValueError, match="lacks.*layer4.1.conv2.weight"):
         load_torchvision_resnet18(ResNet18Trunk(), tmp_path / "short.pth")
+    torch.save(torchvision_style_state_dict(), tmp_path / "resnet18.pth")
+    with pytest.raises(ValueError, match=r"resnet18.pth: torchvision's ResNet-18 weights fit a trunk of width 64.*width 32"):
+        load_torchvision_resnet18(ResNet18Trunk(width=32), tmp_path / "resnet18.pth")
 
 
 # ----------------------------------------------------------------------------- the observation encoder

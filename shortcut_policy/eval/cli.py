@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from .. import cli
 from ..results import ResultError, merge_results, read_result, result_doc, write_result
@@ -144,6 +145,48 @@ def diagnose_main(argv: list[str] | None = None) -> None:
             checkpoints={n: r["checkpoint"] for n, r in results.items()},
             demo_roughness={n: r["demo_roughness"] for n, r in results.items()},
             **({"target_range": ranges} if ranges else {})))
+
+
+FINALS_DOC = """Where closed-loop episodes ended (shortcut_policy/eval/finals.py): from evaluations that recorded
+final states (shortcut-eval does on PushT), per method and number of calls the success share, the
+failures' and the successes' median block position and angle errors, and which part of the pose the
+failures miss; a scatter plot beside --out.
+
+    python scripts/final_poses.py --results runs/finals/shortcut.json runs/finals/flow.json --names shortcut flow \
+        --out docs/results/pusht_lowdim/diagnostics/final_poses.json
+"""
+
+
+def finals_main(argv: list[str] | None = None) -> None:
+    ap = cli.parser(FINALS_DOC)
+    ap.add_argument("--results", nargs="+", required=True, help="sweep results files (shortcut-eval --out)")
+    ap.add_argument("--names", nargs="+", default=None, help="one per file (default: each file's method)")
+    cli.add_calls_arg(ap, "default: every count with final states")
+    ap.add_argument("--out", default=None, help="summary JSON (kind finals); the plot goes beside it")
+    args = ap.parse_args(argv)
+    if args.names and len(args.names) != len(args.results):
+        raise SystemExit(f"--names has {len(args.names)} entries for {len(args.results)} files")
+    from .finals import collect, format_finals, plot_finals, summarize_finals
+
+    try:
+        docs = [read_result(p) for p in args.results]
+        names = args.names or [d["method"] for d in docs]
+        finals = collect(docs, names, args.num_inference_steps, sources=args.results)
+    except ResultError as e:
+        raise SystemExit(str(e)) from None
+    summary = {m: {n: summarize_finals(f) for n, f in by_n.items()} for m, by_n in finals.items()}
+    print(format_finals(summary))
+    if args.out:
+        steps: dict[str, dict[str, Any]] = {}
+        for m, by_n in summary.items():
+            for n, s in by_n.items():
+                steps.setdefault(n, {})[m] = s
+        doc = result_doc("finals", docs[0].get("task"), "final_poses", {n: steps[n] for n in sorted(steps, key=int)},
+                         sources=dict(zip(names, args.results)),
+                         seeds={m: d.get("seeds") for m, d in zip(names, docs)})
+        write_result(args.out, doc)
+        plot_finals(finals, str(Path(args.out).with_suffix(".png")),
+                    title=f"{doc['task']}: final block pose per episode; {doc['command']} ({doc['machine']}, {doc['date']})")
 
 
 COMPARE_DOC = """Paired comparison of two policies evaluated on the same episode seeds (shortcut_policy/eval/compare.py).

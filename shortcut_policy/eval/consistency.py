@@ -7,6 +7,9 @@ units (pixels for PushT):
 - ``to_ref``: RMS distance from the N-step sample to the ``ref_steps``-step sample of the same noise.
   A shortcut model trained to self-consistency should make this small at N = 1; a flow-matching model
   sampled with one Euler step cannot (its one step lands near the conditional mean).
+- ``to_ref_by_index``: the same distance at each position of the chunk (a list over the horizon; the
+  executed actions are positions n_obs_steps - 1 .. n_obs_steps - 2 + n_action_steps): where in the
+  chunk an N-step sample departs from the reference.
 - ``spread``: RMS standard deviation over the K samples of one window: how much of the action
   distribution's width a step count keeps (0 = every noise gives the same chunk).
 - ``to_demo`` / ``to_demo_best``: RMS distance to the demonstrated chunk, averaged over the K samples
@@ -68,6 +71,7 @@ def step_diagnostics(policy, windows: Sequence[dict[str, torch.Tensor]], steps_l
         per_sample_demo = ((x - demo[:, None]) ** 2).mean(dim=(2, 3))  # (B, K)
         out["steps"][str(n)] = {
             "to_ref": float(((x - ref) ** 2).mean().sqrt()),
+            "to_ref_by_index": [round(float(v), 4) for v in ((x - ref) ** 2).mean(dim=(0, 1, 3)).sqrt()],
             "spread": float(x.var(dim=1, unbiased=True).mean().sqrt()),
             "to_demo": float(per_sample_demo.mean().sqrt()),
             "to_demo_best": float(per_sample_demo.min(dim=1).values.mean().sqrt()),

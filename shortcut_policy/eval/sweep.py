@@ -44,6 +44,8 @@ def sweep(policy, runner, steps_list: Sequence[int] = DEFAULT_STEPS, latency_ite
             # compared pair by pair (scripts/compare.py), with the standard error of the difference
             "episode_scores": [round(float(x), 4) for x in res.scores],
         }
+        if res.finals is not None:  # where each episode left the task (PushT: the block's pose error)
+            out[str(n)]["episode_finals"] = {k: [round(f[k], 4) for f in res.finals] for k in res.finals[0]}
         if res.outcomes is not None:  # several ways to succeed: which one each episode took
             out[str(n)].update(outcome_shares=res.outcome_shares(), outcome_success=res.outcome_success(),
                                episode_outcomes=res.outcomes)

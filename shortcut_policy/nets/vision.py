@@ -46,27 +46,34 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18Trunk(nn.Module):
-    """ResNet-18 without its pooling and head: (B, 3, H, W) -> (B, 512, ceil(H/32), ceil(W/32)).
-    Module names follow torchvision's, so its state dicts map one to one."""
+    """ResNet-18 without its pooling and head: (B, 3, H, W) -> (B, 8 * width, ceil(H/32), ceil(W/32)).
+    Module names follow torchvision's, so its state dicts map one to one.
 
-    out_channels = 512
+    width: channels of the first stage (ResNet-18: 64; stages width, 2, 4, 8 x width). A narrower
+    trunk costs about (width / 64)^2 of the convolutions: 32 is about a quarter (docs/images.md has
+    its latency and closed-loop score); only width 64 takes torchvision's weights.
+    """
 
-    def __init__(self):
+    def __init__(self, width: int = 64):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = group_norm(64)
+        if int(width) < 16 or int(width) % 16:
+            raise ValueError(f"the trunk width must be a multiple of 16 (GroupNorm's group size), at least 16; got {width}")
+        width = int(width)
+        self.width, self.out_channels = width, 8 * width
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = group_norm(width)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        widths, cin = (64, 128, 256, 512), 64
+        widths, cin = (width, 2 * width, 4 * width, 8 * width), width
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
             setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, w, stride), BasicBlock(w, w, 1)))
             cin = w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))  # (B, width, H/4, W/4)
         for i in range(1, 5):
             x = getattr(self, f"layer{i}")(x)
-        return x  # (B, 512, H/32, W/32)
+        return x  # (B, 8 * width, H/32, W/32)
 
 
 class SpatialSoftmax(nn.Module):
@@ -94,11 +101,11 @@ class ImageEncoder(nn.Module):
 
     crop: (h, w) of the random (training) / centre (evaluation) crop, or None for the full image.
     color_jitter: in training, multiply brightness and contrast by factors drawn uniformly within
-    1 +- color_jitter per image (0 = off).
+    1 +- color_jitter per image (0 = off). width: the trunk's first-stage channels (64 = ResNet-18).
     """
 
     def __init__(self, image_shape: tuple[int, int, int], out_dim: int = 64, num_kp: int = 32,
-                 crop: tuple[int, int] | None = None, color_jitter: float = 0.0):
+                 crop: tuple[int, int] | None = None, color_jitter: float = 0.0, width: int = 64):
         super().__init__()
         H, W, C = image_shape
         if C != 3:
@@ -115,8 +122,8 @@ class ImageEncoder(nn.Module):
         self.color_jitter = float(color_jitter)
         # channels-last convolution weights: the (B, H, W, 3) input is already laid out so, and CPU
         # convolutions run about 15% faster for it (measured on this package's 2-core CPU)
-        self.trunk = ResNet18Trunk().to(memory_format=torch.channels_last)
-        self.pool = SpatialSoftmax(ResNet18Trunk.out_channels, num_kp)
+        self.trunk = ResNet18Trunk(width).to(memory_format=torch.channels_last)
+        self.pool = SpatialSoftmax(self.trunk.out_channels, num_kp)
         self.proj = nn.Linear(2 * num_kp, out_dim)
         self.out_dim = out_dim
 
@@ -160,6 +167,9 @@ def load_torchvision_resnet18(trunk: ResNet18Trunk, path: str | Path) -> dict[st
     means, variances and ``num_batches_tracked`` are dropped, as is the ``fc`` head. Returns
     {"loaded": [...], "dropped": [...]} parameter names.
     """
+    if trunk.width != 64:
+        raise ValueError(f"{path}: torchvision's ResNet-18 weights fit a trunk of width 64, this one has width "
+                         f"{trunk.width} (policy.obs_encoder.width)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]

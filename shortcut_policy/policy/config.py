@@ -20,7 +20,7 @@ class PolicyConfig:
     observation keys, their shapes and types, and the action; it comes from the task (derived from
     the dataset when the task config does not give it). ``obs_encoder``: the options of the
     observation encoder's vision part (``policy.obs_encoder.ObsEncoder``: out_dim, num_kp, crop_ratio,
-    shared, color_jitter, pretrained), used when the observation has cameras.
+    shared, color_jitter, pretrained, width), used when the observation has cameras.
     """
     shape_meta: dict[str, Any] = field(default_factory=dict)
     horizon: int = 16
@@ -48,7 +48,7 @@ class PolicyConfig:
         self.net_kwargs = dict(self.net_kwargs or {})
         if not isinstance(self.obs_encoder, dict):
             raise ValueError(f"policy.obs_encoder must be a mapping of encoder options (out_dim, num_kp, crop_ratio, "
-                             f"shared, color_jitter, pretrained), got {self.obs_encoder!r}")
+                             f"shared, color_jitter, pretrained, width), got {self.obs_encoder!r}")
         self.obs_encoder = dict(self.obs_encoder)
 
     @property

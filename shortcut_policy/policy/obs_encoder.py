@@ -3,7 +3,7 @@ low-dim keys.
 
 Input: normalized observations ``{key: (B, To, *shape)}`` (low-dim keys by fitted statistics, rgb keys
 by the fixed uint8 -> [-1, 1] map). Per step, each camera goes through a vision encoder
-(``nets.vision.ImageEncoder``: ResNet-18 with GroupNorm, spatial softmax, linear; one per camera, or
+(``nets.vision.ImageEncoder``: ResNet-18 (or a narrower trunk of its layout) with GroupNorm, spatial softmax, linear; one per camera, or
 one ``shared`` by all) to ``out_dim`` features, and the low-dim keys are flattened and concatenated in
 shape_meta order. Two output forms:
 
@@ -36,12 +36,13 @@ class ObsEncoder(nn.Module):
     crop_ratio: crop side / image side (random crop in training, centre crop in evaluation; Diffusion
     Policy's 84 of 96 = 0.875; 1 = no crop); shared: one vision encoder for every camera;
     color_jitter: brightness/contrast jitter in training (0 = off); pretrained: a torchvision
-    ResNet-18 state dict file to start the trunk from (None = from scratch).
+    ResNet-18 state dict file to start the trunk from (None = from scratch); width: the trunk's
+    first-stage channels (64 = ResNet-18, 32 = a quarter of its convolutions; docs/images.md).
     """
 
     def __init__(self, shape_meta: ShapeMeta, n_obs_steps: int, tokens: bool = False, out_dim: int = 64,
                  num_kp: int = 32, crop_ratio: float = 0.875, shared: bool = False, color_jitter: float = 0.0,
-                 pretrained: str | None = None):
+                 pretrained: str | None = None, width: int = 64):
         super().__init__()
         if not 0.0 < crop_ratio <= 1.0:
             raise ValueError(f"policy.obs_encoder.crop_ratio must be in (0, 1], got {crop_ratio}")
@@ -57,7 +58,8 @@ class ObsEncoder(nn.Module):
                                      f"{shape_meta.obs[key].shape}, {self.cameras[0]} {shape_meta.obs[self.cameras[0]].shape}")
                 continue
             crop = None if crop_ratio == 1.0 else (round(H * crop_ratio), round(W * crop_ratio))
-            enc = ImageEncoder((H, W, 3), out_dim=out_dim, num_kp=num_kp, crop=crop, color_jitter=color_jitter)
+            enc = ImageEncoder((H, W, 3), out_dim=out_dim, num_kp=num_kp, crop=crop, color_jitter=color_jitter,
+                               width=width)
             if pretrained:
                 load_torchvision_resnet18(enc.trunk, pretrained)
             self.encoders[_name(key)] = enc
