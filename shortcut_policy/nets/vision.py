@@ -51,7 +51,7 @@ class ResNet18Trunk(nn.Module):
 
     width: channels of the first stage (ResNet-18: 64; stages width, 2, 4, 8 x width). A narrower
     trunk costs about (width / 64)^2 of the convolutions: 32 is about a quarter (docs/images.md has
-    its latency and closed-loop score); only width 64 takes torchvision's weights.
+    its closed-loop score); only width 64 takes torchvision's weights.
     """
 
     def __init__(self, width: int = 64):
