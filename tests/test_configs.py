@@ -64,3 +64,14 @@ def test_objective_yamls_are_typed_configs_on_shared_bases():
         assert type(cfg) is cls and cfg.kind == name
     # the flow base keeps its own 128-point grid (the baseline's measured setting); shortcut overrides to 16
     assert _compose("train", ["objective=flow"])["objective"]["max_inference_steps"] == 128
+
+
+@pytest.mark.parametrize("task", sorted(p.stem for p in (Path(CONFIGS) / "task").glob("*.yaml")))
+def test_every_task_yaml_composes_into_a_task_config(task):
+    run = _compose("train", [f"task={task}", "task.dataset.path=data/any.zarr"])
+    cfg = TaskConfig.from_dict(run["task"])
+    assert cfg.name == task
+    cameras = run["task"]["env"].get("cameras") or []
+    # a camera the simulator renders must be an observation the policy reads, and the reverse
+    image_keys = [k for k in (run["task"]["dataset"]["obs"] or []) if isinstance(k, str) and k.endswith("_image")]
+    assert sorted(f"{c}_image" for c in cameras) == sorted(image_keys)
