@@ -126,6 +126,24 @@ def test_runner_reports_success_and_two_cube_outcomes():
     assert lift.run(lambda o: np.zeros((1, 8, 7)), progress=False).outcomes is None
 
 
+def test_task_runner_observes_the_policys_low_dim_keys():
+    """A robosuite task that names no obs_keys observes the policy's low-dim keys (a camera policy reads the robot's
+    own state without the object's); keys the simulator cannot give are refused by name."""
+    from shortcut_policy.shape_meta import ShapeMeta
+    from shortcut_policy.task import TaskConfig, make_runner
+
+    task = TaskConfig.from_dict({"name": "lift", "dataset": {"path": "x.zarr", "obs": ["robot0_eef_pos"], "action": "actions"},
+                                 "env": {"runner": "robosuite", "env_name": "Lift", "max_episode_steps": 8}})
+    meta = ShapeMeta.from_dict({"obs": {"robot0_eef_pos": {"shape": [3]}, "robot0_gripper_qpos": {"shape": [2]}},
+                                "action": {"shape": [7]}})
+    runner = make_runner(task, meta, n_episodes=1)
+    assert sorted(runner.observation_shapes()) == ["robot0_eef_pos", "robot0_gripper_qpos"]
+    bad = ShapeMeta.from_dict({"obs": {"robot0_eef_pos": {"shape": [3]}, "robot0_eef_vel": {"shape": [3]}},
+                               "action": {"shape": [7]}})
+    with pytest.raises((KeyError, ValueError), match="robot0_eef_vel"):
+        make_runner(task, bad, n_episodes=1).observation_shapes()
+
+
 # ----------------------------------------------------------------------------- Adroit door, Meta-World
 def test_adroit_door_runner_from_seeded_resets_and_demo_states(shared_data):
     pytest.importorskip("gymnasium_robotics")
