@@ -143,6 +143,10 @@ class EnvRunner(abc.ABC):
     def observation_shapes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """{key: (per-step shape, dtype)} of the observations act_fn receives."""
 
+    def observe(self, low_dim_keys: list[str]) -> None:
+        """Offered the policy's low-dim keys before the first episode: a runner that can observe a chosen
+        subset of its keys and was given none takes these; others observe a fixed set and ignore them."""
+
     @abc.abstractmethod
     def run(
         self,

@@ -217,7 +217,9 @@ class RobosuiteRunner(LockstepRunner):
     step (the episode ends there), score = the share of successful episodes.
 
     ``env_args``: a robomimic description (dict or JSON string) or None for ``env_name`` with the defaults;
-    ``obs_keys`` and ``cameras`` must match the policy's shape_meta keys (cameras as ``<name>_image``).
+    ``obs_keys`` and ``cameras`` must match the policy's shape_meta keys (cameras as ``<name>_image``);
+    ``obs_keys`` None: the policy's low-dim keys when ``observe`` offers them (``task.make_runner`` does),
+    else robomimic's low-dim set.
     """
 
     name = "robosuite"
@@ -226,13 +228,17 @@ class RobosuiteRunner(LockstepRunner):
 
     def __init__(self, n_obs_steps: int = 2, n_action_steps: int = 8, max_episode_steps: int = 400,
                  seeds: Iterable[int] = range(100000, 100050), env_name: str = "Lift",
-                 env_args: str | Mapping[str, Any] | None = None, obs_keys: Sequence[str] = LOW_DIM_KEYS,
+                 env_args: str | Mapping[str, Any] | None = None, obs_keys: Sequence[str] | None = None,
                  cameras: Sequence[str] = (), image_size: int = 84, render_size: int = 256):
         _import_robosuite()  # fail here, with the install hint
         super().__init__(n_obs_steps, n_action_steps, max_episode_steps, seeds)
-        self.env_kwargs = dict(env_args=env_args, env_name=env_name, obs_keys=list(obs_keys), cameras=list(cameras),
-                               image_size=image_size, render_size=render_size)
+        self.env_kwargs = dict(env_args=env_args, env_name=env_name, obs_keys=None if obs_keys is None else list(obs_keys),
+                               cameras=list(cameras), image_size=image_size, render_size=render_size)
         self.name = f"robosuite_{(parse_env_args(env_args)['env_name'] if env_args else env_name).lower()}"
 
+    def observe(self, low_dim_keys: list[str]) -> None:
+        if self.env_kwargs["obs_keys"] is None and not self._envs:  # the task named none: the policy's
+            self.env_kwargs["obs_keys"] = list(low_dim_keys)
+
     def make_env(self) -> gym.Env:
-        return RobosuiteEnv(**self.env_kwargs)
+        return RobosuiteEnv(**{**self.env_kwargs, "obs_keys": self.env_kwargs["obs_keys"] or LOW_DIM_KEYS})

@@ -85,13 +85,11 @@ def make_runner(task: TaskConfig, shape_meta: ShapeMeta | None = None, n_episode
     n = env.get("n_episodes", 50) if n_episodes is None else n_episodes
     s0 = env.get("seed_start", 100000) if seed_start is None else seed_start
     options = {k: v for k, v in env.items() if k not in PROTOCOL_KEYS}
-    if env["runner"] == "robosuite" and "obs_keys" not in options and shape_meta is not None:
-        # robosuite observes any subset of its low-dim keys: the policy's, unless the task names them
-        options["obs_keys"] = [k for k, m in shape_meta.obs.items() if m.type == "low_dim"]
     runner = envs.make_runner(env["runner"], n_obs_steps=task.n_obs_steps, n_action_steps=task.n_action_steps,
                               max_episode_steps=env.get("max_episode_steps", 300), seeds=range(s0, s0 + n),
                               **options)
     if shape_meta is not None:
+        runner.observe([k for k, m in shape_meta.obs.items() if m.type == "low_dim"])
         check_runner(runner, shape_meta, env["runner"])
     return runner
 
