@@ -614,6 +614,7 @@ DDP_SCRIPT = textwrap.dedent("""
     cfg = TrainConfig(steps=5, batch_size=int(os.environ.get("BATCH", 16)), lr=1e-2, warmup_steps=1, log_every=1,
                       val_every=1, ckpt_every=int(os.environ.get("CKPT_EVERY", 5)), progress=False, device="cpu")
     train(model, Data(), cfg, sys.argv[1], {{"task": {{"name": "toy"}}}})
+    assert not torch.distributed.is_initialized()  # the group is left before exit, by every rank
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save(model.state_dict(), sys.argv[1] + "/final_weights.pt")
 """)

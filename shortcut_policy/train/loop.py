@@ -229,6 +229,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owned: bool = False  # this process group was joined here, so ``close`` leaves it
 
     @property
     def main(self) -> bool:
@@ -245,9 +246,21 @@ class Dist:
             return cls()
         import torch.distributed as tdist
 
-        if not tdist.is_initialized():
+        owned = not tdist.is_initialized()
+        if owned:
             tdist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-        return cls(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
+
+    def close(self) -> None:
+        """Leave a process group joined by ``from_env`` once every rank is done. A group left to the
+        interpreter's exit can abort a rank whose transport threads are still live ("terminate called
+        without an active exception"), failing a job that finished."""
+        if self.owned:
+            import torch.distributed as tdist
+
+            tdist.barrier()
+            tdist.destroy_process_group()
+            self.owned = False
 
     def all_mean(self, values: dict[str, float]) -> dict[str, float]:
         if self.world == 1 or not values:
@@ -404,9 +417,11 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
                 dropped = truncate_metrics(out_dir / "metrics.jsonl", start)
                 print(f"resuming {ckpt_path} at step {start}"
                       + (f" ({dropped} metrics lines after it dropped)" if dropped else ""))
-        return _run(model, dataset, cfg, out_dir, ckpt_path, run_config, device, dist, opt, ema, teacher_ema,
-                    val_dataset, evaluate, select, start, best, stack.enter_context(_Stop()), eval_pending,
-                    resumed_metrics)
+        result = _run(model, dataset, cfg, out_dir, ckpt_path, run_config, device, dist, opt, ema, teacher_ema,
+                      val_dataset, evaluate, select, start, best, stack.enter_context(_Stop()), eval_pending,
+                      resumed_metrics)
+    dist.close()  # after the lock is released; a failed run leaves by its exception (torchrun stops the others)
+    return result
 
 
 def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_config, device, dist: Dist, opt, ema,
