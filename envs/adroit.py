@@ -79,9 +79,9 @@ class AdroitDoorRunner(LockstepRunner):
     action_dim = ACTION_DIM
 
     def __init__(self, n_obs_steps: int = 2, n_action_steps: int = 8, max_episode_steps: int = 300,
-                 seeds: Iterable[int] = range(100000, 100050), render_size: int = 256):
+                 seeds: Iterable[int] = range(100000, 100050), render_size: int = 256, max_envs: int | None = None):
         _import_robotics()
-        super().__init__(n_obs_steps, n_action_steps, max_episode_steps, seeds)
+        super().__init__(n_obs_steps, n_action_steps, max_episode_steps, seeds, max_envs)
         self.render_size = int(render_size)
 
     def make_env(self) -> gym.Env:

@@ -5,6 +5,10 @@ A suite subclasses ``LockstepRunner`` and only says how to build one single-step
 what success means. Episodes run side by side: at each chunk boundary act_fn sees the batch of
 episodes still running, {key: (B, n_obs_steps, *shape)}, and finished episodes leave the batch. Each episode's env is
 seeded on reset and independent of the others, so results do not depend on the batch.
+
+``max_envs`` bounds how many envs exist at once (all episodes by default): an env whose episode ends
+takes the next waiting seed, so the batch stays full while seeds wait. Camera envs need it: each holds an
+offscreen renderer, and fifty of them outgrow a small machine's memory.
 """
 from __future__ import annotations
 
@@ -28,14 +32,16 @@ class LockstepRunner(EnvRunner):
     name: str = "env"
     fps: float = 10.0  # video frame rate (the env's control rate)
 
-    def __init__(self, n_obs_steps: int, n_action_steps: int, max_episode_steps: int, seeds: Iterable[int]):
+    def __init__(self, n_obs_steps: int, n_action_steps: int, max_episode_steps: int, seeds: Iterable[int],
+                 max_envs: int | None = None):
         for key, v in (("n_obs_steps", n_obs_steps), ("n_action_steps", n_action_steps),
-                       ("max_episode_steps", max_episode_steps)):
-            if not isinstance(v, (int, np.integer)) or v < 1:
+                       ("max_episode_steps", max_episode_steps), ("max_envs", 1 if max_envs is None else max_envs)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{key} must be a positive integer, got {v!r}")
         self.n_obs_steps = int(n_obs_steps)
         self.n_action_steps = int(n_action_steps)
         self.max_episode_steps = int(max_episode_steps)
+        self.max_envs = None if max_envs is None else int(max_envs)
         self.seeds = normalize_seeds(seeds)
         self._envs: list[MultiStepWrapper] = []
 
@@ -90,44 +96,58 @@ class LockstepRunner(EnvRunner):
         seeds = normalize_seeds(self.seeds if seeds is None else seeds)
         n = len(seeds)
         n_vid = check_n_videos(n_videos, video_dir, seeds)
-        envs = [self._env(i) for i in range(n)]
-        obs: list[dict[str, np.ndarray]] = [{} for _ in range(n)]  # per episode {key: (To, *shape)}
+        envs = [self._env(k) for k in range(min(n, self.max_envs or n))]
+        recorders = [env.env for env in envs]  # the VideoRecorder under each MultiStepWrapper
+        obs: list[dict[str, np.ndarray]] = [{} for _ in envs]  # per env {key: (To, *shape)}
         scores = np.full(n, -np.inf)
         successes = np.zeros(n, dtype=bool)
         lengths = np.zeros(n, dtype=np.int64)
         outcomes: list[str | None] = [None] * n
         finals: list[dict[str, float] | None] = [None] * n
         act_times: list[float] = []
-        recorders = [env.env for env in envs]  # the VideoRecorder under each MultiStepWrapper
-        bar = _progress_bar(progress, total=math.ceil(self.max_episode_steps / self.n_action_steps), desc=self.name)
+        waves = math.ceil(n / len(envs)) if envs else 0
+        bar = _progress_bar(progress, total=waves * math.ceil(self.max_episode_steps / self.n_action_steps),
+                            desc=self.name)
+        episode = [-1] * len(envs)  # the episode each env runs
+        waiting = iter(range(n))
+
+        def start(k: int) -> bool:  # env k takes the next waiting seed, if any
+            i = next(waiting, None)
+            if i is None:
+                return False
+            episode[k] = i
+            if i < n_vid:
+                recorders[k].start(Path(video_dir) / f"{self.name}_ep{i:03d}_seed{seeds[i]}.mp4", self.fps)
+            obs[k], _ = envs[k].reset(seed=seeds[i], options=self.reset_options(i, n))
+            return True
+
         try:
-            for i, seed in enumerate(seeds):
-                if i < n_vid:
-                    recorders[i].start(Path(video_dir) / f"{self.name}_ep{i:03d}_seed{seed}.mp4", self.fps)
-                obs[i], _ = envs[i].reset(seed=seed, options=self.reset_options(i, n))
-            active = list(range(n))
+            active = [k for k in range(len(envs)) if start(k)]
             while active:
-                batch = {k: np.stack([obs[i][k] for i in active]) for k in obs[active[0]]}  # {k: (B, To, ...)}
+                batch = {key: np.stack([obs[k][key] for k in active]) for key in obs[active[0]]}  # {key: (B, To, ...)}
                 t0 = time.perf_counter()
                 actions = act_fn(batch)
                 act_times.append(time.perf_counter() - t0)
                 actions = self.check_actions(actions, len(active))  # (B, n_action_steps, action_dim)
                 still_running = []
-                for j, i in enumerate(active):
-                    obs[i], reward, terminated, truncated, info = envs[i].step(actions[j])
+                for j, k in enumerate(active):
+                    i = episode[k]
+                    obs[k], reward, terminated, truncated, info = envs[k].step(actions[j])
                     scores[i] = max(scores[i], reward)
                     successes[i] |= self.episode_success(info)
-                    lengths[i] = envs[i].elapsed_steps
+                    lengths[i] = envs[k].elapsed_steps
                     if terminated or truncated:
-                        recorders[i].stop()
-                        outcomes[i] = self.episode_outcome(envs[i])
-                        finals[i] = self.episode_final(envs[i])
+                        recorders[k].stop()
+                        outcomes[i] = self.episode_outcome(envs[k])
+                        finals[i] = self.episode_final(envs[k])
+                        if start(k):
+                            still_running.append(k)
                     else:
-                        still_running.append(i)
+                        still_running.append(k)
                 active = still_running
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(running=len(active))
+                    bar.set_postfix(running=len(active), waiting=n - 1 - max(episode, default=-1))
         finally:
             for rec in recorders:
                 rec.stop()

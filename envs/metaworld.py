@@ -131,8 +131,8 @@ class MetaWorldRunner(LockstepRunner):
 
     def __init__(self, n_obs_steps: int = 2, n_action_steps: int = 8, max_episode_steps: int = 300,
                  seeds: Iterable[int] = range(100000, 100050), tasks: str | Sequence[str] = ("push-v3",),
-                 one_hot: bool | None = None):
-        super().__init__(n_obs_steps, n_action_steps, max_episode_steps, seeds)
+                 one_hot: bool | None = None, max_envs: int | None = None):
+        super().__init__(n_obs_steps, n_action_steps, max_episode_steps, seeds, max_envs)
         if max_episode_steps > 500:
             raise ValueError(f"Meta-World ends every episode at 500 steps; max_episode_steps {max_episode_steps} > 500")
         self.tasks = task_list(tasks)

@@ -248,11 +248,12 @@ class PushTRunner(LockstepRunner):
         seeds: Iterable[int] = range(100000, 100050),
         render_size: int = 256,
         reset_states: Sequence[Sequence[float]] | np.ndarray | None = None,
+        max_envs: int | None = None,
     ):
         _import_gym_pusht()  # fail here, with the install hint, rather than at the first run
         if render_size < 96:
             raise ValueError(f"render_size must be >= 96 (gym-pusht's action marker needs it), got {render_size}")
-        super().__init__(n_obs_steps, n_action_steps, max_episode_steps, seeds)
+        super().__init__(n_obs_steps, n_action_steps, max_episode_steps, seeds, max_envs)
         self.render_size = int(render_size)
         self.reset_states = None if reset_states is None else _as_states(reset_states, "reset_states").reshape(-1, 5)
 

@@ -73,10 +73,11 @@ def make_dataset(task: TaskConfig) -> SequenceDataset:
 
 
 def make_runner(task: TaskConfig, shape_meta: ShapeMeta | None = None, n_episodes: int | None = None,
-                seed_start: int | None = None):
+                seed_start: int | None = None, max_envs: int | None = None):
     """The task's closed-loop runner (``envs.make_runner`` of ``task.env.runner``) on seeds
-    ``seed_start .. seed_start + n_episodes - 1``; its observations are checked against
-    ``shape_meta`` (the policy's) when given. Raises for a task without a simulator."""
+    ``seed_start .. seed_start + n_episodes - 1``, at most ``max_envs`` envs at once (default: the
+    task's ``env.max_envs``, else all); its observations are checked against ``shape_meta`` (the
+    policy's) when given. Raises for a task without a simulator."""
     if task.env is None:
         raise ValueError(f"task {task.name!r} has no simulator (task.env is null): evaluate it offline")
     from . import envs
@@ -85,6 +86,8 @@ def make_runner(task: TaskConfig, shape_meta: ShapeMeta | None = None, n_episode
     n = env.get("n_episodes", 50) if n_episodes is None else n_episodes
     s0 = env.get("seed_start", 100000) if seed_start is None else seed_start
     options = {k: v for k, v in env.items() if k not in PROTOCOL_KEYS}
+    if max_envs is not None:
+        options["max_envs"] = max_envs
     runner = envs.make_runner(env["runner"], n_obs_steps=task.n_obs_steps, n_action_steps=task.n_action_steps,
                               max_episode_steps=env.get("max_episode_steps", 300), seeds=range(s0, s0 + n),
                               **options)

@@ -184,6 +184,35 @@ def test_finished_episodes_leave_the_batch():
     assert res.finals[0]["angle_error_deg"] == pytest.approx(np.degrees(-0.1), abs=1e-3)
 
 
+def test_at_most_max_envs_run_at_once_and_results_match_one_env_per_episode(tmp_path):
+    _gym_pusht()
+    from shortcut_policy.envs.pusht import PushTRunner
+
+    starts = [[60.0, 60.0, *GOAL], [60.0, 450.0, 150.0, 350.0, 0.5], [450.0, 60.0, 350.0, 150.0, 2.0],
+              [300.0, 100.0, 200.0, 300.0, 1.0], [100.0, 300.0, 300.0, 200.0, 0.2]]
+    seeds = [1, 2, 3, 4, 5]
+    batch_sizes = []
+
+    def act_fn(obs):  # a function of each episode's own observation: results cannot depend on the batch
+        batch_sizes.append(obs["agent_pos"].shape[0])
+        return np.repeat((obs["agent_pos"][:, -1:] + obs["keypoint"][:, -1:, 0]) / 2, 8, axis=1)
+
+    whole = PushTRunner(max_episode_steps=20, seeds=seeds, reset_states=starts).run(act_fn, progress=False)
+    assert batch_sizes == [5, 4, 4]
+    batch_sizes.clear()
+    pooled = PushTRunner(max_episode_steps=20, seeds=seeds, reset_states=starts, max_envs=2)
+    res = pooled.run(act_fn, progress=False, video_dir=tmp_path, n_videos=3)
+    assert len(pooled._envs) == 2 and max(batch_sizes) == 2
+    # episode 0 ends on its first step and its env takes episode 2 at once: the batch stays full
+    assert batch_sizes == [2, 2, 2, 2, 2, 2, 1]  # 1 + 20 steps, then 20, 20 beside 20, 20
+    for key in ("scores", "successes", "lengths"):
+        np.testing.assert_array_equal(getattr(res, key), getattr(whole, key))
+    assert res.finals == whole.finals and list(res.seeds) == seeds
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"pusht_keypoints_ep{i:03d}_seed{seeds[i]}.mp4" for i in range(3)]
+    with pytest.raises(ValueError, match="max_envs must be a positive integer, got 0"):
+        PushTRunner(seeds=seeds, max_envs=0)
+
+
 def test_runner_rejects_bad_actions_and_names():
     _gym_pusht()
     runner = make_runner("pusht_keypoints", max_episode_steps=8, seeds=[0])

@@ -227,3 +227,26 @@ def test_robosuite_camera_observations_feed_the_vision_encoder():
     p.normalizer.fit({"robot0_eef_pos": torch.randn(20, 3), "action": torch.randn(20, 7)})
     obs = {k: torch.from_numpy(np.stack([a[k], b[k]]))[None] for k in ("agentview_image", "robot0_eef_pos")}
     assert p.eval().predict_action_chunk(obs).shape == (1, 4, 7)
+
+
+@pytest.mark.slow  # offscreen rendering, six hard resets
+def test_a_camera_env_does_not_grow_with_resets():
+    def rss_mb():
+        with open("/proc/self/status") as f:
+            return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+
+    import gc
+
+    env = RobosuiteEnv(env_name="Lift", cameras=["agentview"])
+    env.reset(seed=0)
+    first = rss_mb()
+    gc.disable()  # the collector's own timing must not be what keeps the env small
+    try:
+        for seed in range(1, 7):  # each hard reset rebuilds the scene and its renderer
+            env.reset(seed=seed)
+            env.step(np.zeros(7))
+        grown = rss_mb() - first
+    finally:
+        gc.enable()
+        env.close()
+    assert grown < 400, f"{grown:.0f} MB more after six resets"  # with the old scenes left behind: ~300 MB each

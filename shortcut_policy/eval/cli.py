@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--latency-iters", type=int, default=50)
     ap.add_argument("--videos", type=int, default=0, help="record this many episodes per step count (H.264 mp4)")
     ap.add_argument("--video-dir", default=None, help="where videos go (default: <out without .json>-videos)")
+    ap.add_argument("--max-envs", type=int, default=None,
+                    help="at most this many envs at once (default: the task's env.max_envs, else one per episode)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--merge", action="store_true",
                     help="add these counts to an existing --out file of the same checkpoint and seeds")
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     task = TaskConfig.from_dict(run["task"])
     train_step = run["checkpoint"]["step"]
     if task.simulated:
-        runner = make_runner(task, policy.shape_meta, n_episodes=args.episodes, seed_start=args.seed_start)
+        runner = make_runner(task, policy.shape_meta, n_episodes=args.episodes, seed_start=args.seed_start,
+                             max_envs=args.max_envs)
         print(f"evaluating {args.checkpoint} ({sampler}, trained {train_step} steps) on {task.name}, "
               f"{args.episodes} episodes from seed {args.seed_start}")
         video_dir = args.video_dir or (str(Path(args.out).with_suffix("")) + "-videos" if args.videos else None)
