@@ -299,3 +299,30 @@ def test_dp_zarr_import_turns_float_images_into_uint8(tmp_path):
     root["data/img"][0, 0, 0, 0] = 0.5
     with pytest.raises(DatasetError, match=r"data/img looks like images .* not integers in 0..255"):
         import_dp_zarr(tmp_path / "dp.zarr", keys=["img"])
+
+
+def test_lerobot_camera_data_trains_the_image_task_with_the_documented_override(shared_data, tmp_path):
+    """docs/images.md: a LeRobot dataset written by lerobot itself, imported with shortcut-import, trains
+    the pusht_image task by renaming its keys, and the policy sees the camera as a camera."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from shortcut_policy.data.cli import main as import_main
+    from shortcut_policy.policy.policy import ShortcutPolicy
+    from shortcut_policy.train.run import run_training
+
+    from .conftest import REPO
+
+    store = tmp_path / "lerobot.zarr"
+    assert import_main(["lerobot", "--src", str(shared_data / "lerobot_sample_v3"), "--out", str(store)]) == 0
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "task=pusht_image", f"task.dataset.path={store}",
+            "task.dataset.obs={image: observation.image, agent_pos: observation.state}", "task.dataset.val_ratio=0.34",
+            f"out_dir={tmp_path / 'run'}", "+policy.obs_encoder.width=16", "+policy.obs_encoder.out_dim=16",
+            "train.steps=2", "train.batch_size=4", "train.warmup_steps=1", "train.log_every=1", "train.progress=false"])
+    out, metrics = run_training(OmegaConf.to_container(cfg, resolve=True))
+    assert np.isfinite(metrics["train/loss"])
+    policy, _ = ShortcutPolicy.from_checkpoint(out / "checkpoints" / "latest.pt")
+    assert policy.shape_meta.rgb_keys == ["image"] and policy.shape_meta.low_dim_keys == ["agent_pos"]
+    assert policy.shape_meta.obs["image"].shape == (96, 96, 3)

@@ -477,6 +477,24 @@ def test_tiny_image_policy_trains_then_evaluates_in_closed_loop(tmp_path):
     assert res["kind"] == "sweep" and res["task"] == "pusht_image" and set(res["steps"]) == {"1", "2"}
     assert all(0 <= r["score"] <= 1 for r in res["steps"].values())
 
+    # the same checkpoint through the deployment commands: exported with its encoder (checked against
+    # eager by the command itself), then driven by the real-time controller from simulated camera frames
+    for fmt, ext in (("torchscript", "pt"), ("onnx", "onnx")):
+        art = tmp_path / f"policy.{ext}"
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "export.py"), "--checkpoint",
+                               str(out / "checkpoints" / "latest.pt"), "--format", fmt, "--out", str(art)],
+                              capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        meta = json.loads(art.with_name(art.name + ".json").read_text())
+        assert meta["shape_meta"]["obs"]["image"] == {"shape": [96, 96, 3], "type": "rgb"}, meta["shape_meta"]  # camera layout, uint8
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "deploy_sim.py"), "--checkpoint",
+                           str(out / "checkpoints" / "latest.pt"), "--backend", "onnx", "--num-inference-steps", "1",
+                           "--episodes", "1", "--max-episode-steps", "8", "--control-hz", "20",
+                           "--out", str(tmp_path / "deploy.json")], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dep = json.loads((tmp_path / "deploy.json").read_text())
+    assert dep["task"] == "pusht_image" and dep["rows"]["shortcut@1"]["backend"] == "onnx"
+
 
 def test_real_time_controller_drives_an_exported_image_policy_from_camera_frames(tmp_path):
     from shortcut_policy.deploy.clocks import FakeClock
