@@ -3,11 +3,13 @@
 A policy reaches a runner only as an ``ActFn``, so evaluators never import a simulator and a
 new suite (Adroit, Meta-World, robosuite) only adds an ``EnvRunner`` subclass:
 
-    act_fn(obs: {key: (B, n_obs_steps, *shape)}) -> actions: (B, n_action_steps, action_dim)
+    act_fn(obs: {key: (B, n_obs_steps, *shape)}, rows: (B, 2) int64) -> actions: (B, n_action_steps, action_dim)
 
 with the observation keys, shapes and dtypes of the env (``observation_shapes``), which must be
 those of the policy's ``shape_meta``. B is the number of episodes still running, so it shrinks
-as episodes finish.
+as episodes finish. ``rows`` names each row: its episode seed and the index of this chunk in the
+episode. A policy that samples draws row i's noise from rows[i] alone, so an episode's actions do
+not depend on which other episodes share the batch.
 Numpy only: nothing here imports torch or a simulator.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-ActFn = Callable[[dict[str, np.ndarray]], np.ndarray]
+ActFn = Callable[[dict[str, np.ndarray], np.ndarray], np.ndarray]
 
 
 @dataclass

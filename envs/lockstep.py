@@ -4,7 +4,8 @@ A suite subclasses ``LockstepRunner`` and only says how to build one single-step
 (``make_env``, a Dict observation space of Boxes) and, if it differs from ``info["is_success"]``,
 what success means. Episodes run side by side: at each chunk boundary act_fn sees the batch of
 episodes still running, {key: (B, n_obs_steps, *shape)}, and finished episodes leave the batch. Each episode's env is
-seeded on reset and independent of the others, so results do not depend on the batch.
+seeded on reset and independent of the others, and act_fn learns each row's identity (episode seed,
+chunk index), from which a sampling policy draws that row's noise: results do not depend on the batch.
 
 ``max_envs`` bounds how many envs exist at once (all episodes by default): an env whose episode ends
 takes the next waiting seed, so the batch stays full while seeds wait. Camera envs need it: each holds an
@@ -109,13 +110,14 @@ class LockstepRunner(EnvRunner):
         bar = _progress_bar(progress, total=waves * math.ceil(self.max_episode_steps / self.n_action_steps),
                             desc=self.name)
         episode = [-1] * len(envs)  # the episode each env runs
+        chunk = [0] * len(envs)  # act_fn calls so far in that episode
         waiting = iter(range(n))
 
         def start(k: int) -> bool:  # env k takes the next waiting seed, if any
             i = next(waiting, None)
             if i is None:
                 return False
-            episode[k] = i
+            episode[k], chunk[k] = i, 0
             if i < n_vid:
                 recorders[k].start(Path(video_dir) / f"{self.name}_ep{i:03d}_seed{seeds[i]}.mp4", self.fps)
             obs[k], _ = envs[k].reset(seed=seeds[i], options=self.reset_options(i, n))
@@ -126,7 +128,10 @@ class LockstepRunner(EnvRunner):
             while active:
                 batch = {key: np.stack([obs[k][key] for k in active]) for key in obs[active[0]]}  # {key: (B, To, ...)}
                 t0 = time.perf_counter()
-                actions = act_fn(batch)
+                rows = np.array([[seeds[episode[k]], chunk[k]] for k in active], dtype=np.int64)  # (B, 2)
+                actions = act_fn(batch, rows)
+                for k in active:
+                    chunk[k] += 1
                 act_times.append(time.perf_counter() - t0)
                 actions = self.check_actions(actions, len(active))  # (B, n_action_steps, action_dim)
                 still_running = []

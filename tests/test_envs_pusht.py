@@ -26,7 +26,7 @@ def _load(shared_data, *keys):
     return [g[k][:] for k in keys]
 
 
-def toward_block(obs: dict) -> np.ndarray:
+def toward_block(obs: dict, rows=None) -> np.ndarray:
     """Scripted act_fn: every action of the chunk aims at the block's keypoint centroid.
     {keypoint: (B, 2, 9, 2), agent_pos: (B, 2, 2)} -> (B, 8, 2)."""
     target = obs["keypoint"][:, -1].mean(axis=1)  # (B, 2)
@@ -160,7 +160,7 @@ def test_finished_episodes_leave_the_batch():
     runner = PushTRunner(max_episode_steps=20, seeds=[1, 2, 3], reset_states=starts)
     batch_sizes = []
 
-    def act_fn(obs):
+    def act_fn(obs, rows):
         batch_sizes.append(obs["agent_pos"].shape[0])
         assert obs["keypoint"].shape[1:] == (2, 9, 2) and obs["agent_pos"].dtype == np.float32
         return np.repeat(obs["agent_pos"][:, -1:], 8, axis=1)  # hold position
@@ -193,7 +193,7 @@ def test_at_most_max_envs_run_at_once_and_results_match_one_env_per_episode(tmp_
     seeds = [1, 2, 3, 4, 5]
     batch_sizes = []
 
-    def act_fn(obs):  # a function of each episode's own observation: results cannot depend on the batch
+    def act_fn(obs, rows):  # a function of each episode's own observation: results cannot depend on the batch
         batch_sizes.append(obs["agent_pos"].shape[0])
         return np.repeat((obs["agent_pos"][:, -1:] + obs["keypoint"][:, -1:, 0]) / 2, 8, axis=1)
 
@@ -217,9 +217,9 @@ def test_runner_rejects_bad_actions_and_names():
     _gym_pusht()
     runner = make_runner("pusht_keypoints", max_episode_steps=8, seeds=[0])
     with pytest.raises(ValueError, match=r"expected \(B, n_action_steps, action_dim\) = \(1, 8, 2\)"):
-        runner.run(lambda obs: np.zeros((1, 16, 2)), progress=False)
+        runner.run(lambda obs, rows: np.zeros((1, 16, 2)), progress=False)
     with pytest.raises(ValueError, match="NaN"):
-        runner.run(lambda obs: np.full((1, 8, 2), np.nan), progress=False)
+        runner.run(lambda obs, rows: np.full((1, 8, 2), np.nan), progress=False)
     with pytest.raises(ValueError, match="pusht_keypoints"):
         make_runner("pusht_image_typo")
     assert "pusht_keypoints" in runner_names()
@@ -290,3 +290,51 @@ def test_import_envs_loads_no_torch_or_simulator():
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_sampling_policys_episodes_do_not_depend_on_the_batch_they_run_in():
+    """DDPM draws fresh noise at every step: each episode's noise comes from (seed, episode seed, chunk),
+    so its actions are the same alone, one env at a time, or beside any other episodes."""
+    _gym_pusht()
+    import torch
+
+    from shortcut_policy.core.config import objective_config
+    from shortcut_policy.envs.pusht import PushTRunner
+    from shortcut_policy.policy import PolicyConfig, ShortcutPolicy
+
+    shape_meta = {"obs": {"keypoint": {"shape": [9, 2]}, "agent_pos": {"shape": [2]}}, "action": {"shape": [2]}}
+    cfg = PolicyConfig(shape_meta=shape_meta, horizon=16, n_obs_steps=2, n_action_steps=8,
+                       objective=objective_config({"kind": "ddpm", "num_train_timesteps": 10}),
+                       net="unet1d", net_kwargs={"down_dims": [16, 32], "emb_dim": 32})
+    policy = ShortcutPolicy(cfg)
+    g = torch.Generator().manual_seed(0)
+    policy.normalizer.fit({"keypoint": torch.rand(100, 9, 2, generator=g) * 512,
+                           "agent_pos": torch.rand(100, 2, generator=g) * 512,
+                           "action": torch.rand(100, 2, generator=g) * 512})
+    policy.eval()
+
+    def actions(seeds, max_envs=None, noise_seed=3):
+        act = policy.act_fn(5, torch.Generator().manual_seed(noise_seed), "ddpm")
+        seen: dict[tuple[int, int], np.ndarray] = {}
+
+        def record(obs, rows):
+            a = act(obs, rows)
+            for row, chunk in zip(rows, a):
+                seen[tuple(int(x) for x in row)] = chunk
+            return a
+        res = PushTRunner(max_episode_steps=24, seeds=seeds, max_envs=max_envs).run(record, progress=False)
+        return seen, res.scores
+
+    seeds = [11, 12, 13, 14]
+    whole, scores = actions(seeds)
+    assert sorted(whole) == [(s, c) for s in seeds for c in range(3)]
+    one_at_a_time, scores1 = actions(seeds, max_envs=1)
+    subset, _ = actions([13, 11])
+    np.testing.assert_allclose(scores1, scores, atol=1e-3)
+    for key, chunk in whole.items():  # the same up to float rounding, which varies with the batch size
+        np.testing.assert_allclose(one_at_a_time[key], chunk, rtol=0, atol=0.05)
+        if key[0] in (11, 13):
+            np.testing.assert_allclose(subset[key], chunk, rtol=0, atol=0.05)
+    other, _ = actions(seeds, noise_seed=4)  # the noise matters: another seed gives other actions
+    assert all(np.abs(other[k] - whole[k]).max() > 1.0 for k in whole)
+    assert np.abs(whole[(11, 0)] - whole[(12, 0)]).max() > 1.0  # and episodes do not share noise

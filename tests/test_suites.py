@@ -116,14 +116,14 @@ def test_runner_reports_success_and_two_cube_outcomes():
     runner = RobosuiteRunner(n_obs_steps=2, n_action_steps=4, max_episode_steps=12, seeds=[1, 2], env_name="TwoCubeLift")
     assert runner.observation_shapes()["object"] == ((20,), np.dtype(np.float32))
 
-    def stay(obs):  # hover: nothing lifted, the gripper far from both cubes
+    def stay(obs, rows):  # hover: nothing lifted, the gripper far from both cubes
         return np.zeros((len(obs["object"]), 4, 7))
 
     res = runner.run(stay, progress=False)
     assert res.success == 0.0 and res.outcomes == ["neither", "neither"]
     assert res.to_dict()["outcome_shares"] == {"neither": 1.0}
     lift = RobosuiteRunner(max_episode_steps=8, seeds=[1], env_name="Lift")
-    assert lift.run(lambda o: np.zeros((1, 8, 7)), progress=False).outcomes is None
+    assert lift.run(lambda o, rows: np.zeros((1, 8, 7)), progress=False).outcomes is None
 
 
 def test_task_runner_observes_the_policys_low_dim_keys():
@@ -153,7 +153,7 @@ def test_adroit_door_runner_from_seeded_resets_and_demo_states(shared_data):
 
     runner = AdroitDoorRunner(max_episode_steps=8, seeds=[0, 1])
     assert runner.observation_shapes() == {"obs": ((39,), np.dtype(np.float32))}
-    res = runner.run(lambda o: np.zeros((len(o["obs"]), 8, 28)), progress=False)
+    res = runner.run(lambda o, rows: np.zeros((len(o["obs"]), 8, 28)), progress=False)
     assert res.success == 0.0 and res.lengths.tolist() == [8, 8]
     root = zarr.open_group(str(shared_data / "adroit" / "door_human_v0.zarr"), mode="r")
     env = AdroitDoorEnv()
@@ -188,7 +188,7 @@ def test_metaworld_seeds_scenes_one_hot_tasks_and_scripted_data(tmp_path):
     assert ds.attrs["tasks"] == ["push-v3", "drawer-open-v3"]
 
     runner = MetaWorldRunner(max_episode_steps=6, seeds=[5, 6, 7], tasks=["push-v3", "drawer-open-v3"])
-    res = runner.run(lambda o: np.zeros((len(o["obs"]), 8, 4)), progress=False)
+    res = runner.run(lambda o, rows: np.zeros((len(o["obs"]), 8, 4)), progress=False)
     assert res.outcomes == ["push-v3", "drawer-open-v3", "push-v3"]  # seeds dealt to the tasks in turn
     with pytest.raises(ValueError, match="500"):
         MetaWorldRunner(max_episode_steps=600, tasks=["push-v3"])

@@ -131,9 +131,26 @@ def test_the_prepared_gpu_job_runs_its_steps_at_tiny_sizes_on_the_cpu(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "SMOKE": "1", "PY": sys.executable, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(["bash", "scripts/gpu_job.sh"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "GPU JOB DONE" in r.stdout, r.stderr[-2000:]
-    res = json.loads((tmp_path / "precision.json").read_text())
-    assert res["kind"] == "training" and set(res["ms_per_step"]) == {"fp32", "bf16"}
-    assert res["ratio_to_fp32"]["fp32"] == 1.0 and res["variants"]["bf16"] == {"precision": "bf16"}
+    import tarfile
+
+    with tarfile.open(tmp_path / "results.tar.gz") as tar:
+        names = set(tar.getnames())
+        summary = json.load(tar.extractfile("./summary.json"))
+        ddpm = json.load(tar.extractfile("./ddpm-s0/eval_ddpm.json"))
+    assert not any(n.endswith((".pt", ".safetensors")) for n in names)  # no checkpoints in the archive
+    # every run trained the one calibrated step count; every evaluation ran on the same 2 episodes
+    assert {j["status"] for j in summary["train"]} == {"done"} and summary["steps"] >= 10
+    assert all(f"train.steps={summary['steps']}" in j["cmd"] for j in summary["train"])
+    assert {(j["sampler"], j["n"]) for j in summary["eval"] if j["status"] == "done"} == {
+        ("shortcut", n) for n in (1, 2, 4, 8, 16)} | {("ddpm", 100), ("ddim", 10)}
+    assert ddpm["episodes"] == 2 and ddpm["train_steps"] == summary["steps"] and "100" in ddpm["steps"]
+    with tarfile.open(tmp_path / "results.tar.gz") as tar:
+        sc = json.load(tar.extractfile("./shortcut-s0/eval_shortcut.json"))
+    assert sorted(sc["steps"], key=int) == ["1", "2", "4", "8", "16"] and len(sc["merges"]) == 4
+    from shortcut_policy.policy import ShortcutPolicy
+    for name in ("shortcut-s0", "ddpm-s0"):  # the fp16 weights load into a policy as an inference file
+        p = ShortcutPolicy.from_checkpoint(tmp_path / f"{name}.fp16.safetensors")[0]
+        assert next(p.parameters()).dtype == torch.float32
 
 
 def test_ema_teacher_uses_its_constant_decay_from_the_first_update(tmp_path):

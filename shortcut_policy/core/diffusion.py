@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 import torch
 
+from .sampler import Noise, randn
 from .schedule import DYADIC_COUNTS
 
 SAMPLERS = ("ddpm", "ddim")
@@ -82,11 +83,9 @@ def t_to_timestep(t: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
     return k.clamp(0, num_train_timesteps - 1)
 
 
-def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like ``like``, drawn on the generator's device (a CPU
-    generator then works for CUDA data, and the draw does not depend on the data's device)."""
-    dev = like.device if generator is None else generator.device
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=dev).to(like.device)
+def _randn(like: torch.Tensor, generator: Noise) -> torch.Tensor:
+    """Standard normal noise shaped like ``like`` (``sampler.randn``: one generator, or one per row)."""
+    return randn(like.shape, generator, like.dtype, like.device)
 
 
 def inference_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
@@ -228,7 +227,7 @@ class DiffusionObjective:
 
     @torch.no_grad()
     def sample(self, model: Denoiser, x0: torch.Tensor, steps: int, cond=None,
-               generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
+               generator: Noise = None, sampler: str | None = None) -> torch.Tensor:
         """Denoise Gaussian noise x0 (B, ...) in exactly ``steps`` network calls -> sample (B, ...).
 
         ``sampler`` ("ddpm" | "ddim") overrides the configured one. DDPM needs ``steps`` to
@@ -254,7 +253,7 @@ class DiffusionObjective:
         return x
 
     def _ddpm_step(self, x: torch.Tensor, x0_hat: torch.Tensor, abar_t: float, abar_prev: float,
-                   generator: torch.Generator | None) -> torch.Tensor:
+                   generator: Noise) -> torch.Tensor:
         """Ancestral step from abar_t to abar_prev: posterior mean q(x_prev | x_t, x0_hat) + noise."""
         alpha = abar_t / abar_prev  # the strided step's alpha
         beta = 1 - alpha

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .sampler import VelocityFn, sample
+from .sampler import Noise, VelocityFn, sample
 from .schedule import check_max_steps, dyadic_counts, step_schedule
 
 
@@ -233,7 +233,7 @@ class ShortcutObjective:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, model: VelocityFn, x0: torch.Tensor, steps: int, cond: Any = None,
-               generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
+               generator: Noise = None, sampler: str | None = None) -> torch.Tensor:
         """``steps`` network calls from noise x0. A flow-only model is always fed d = 1/M."""
         self.check_sampler(sampler)
         fixed_d = 1.0 / self.max_steps if self.flow_only else None

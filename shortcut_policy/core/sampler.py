@@ -8,13 +8,45 @@ network serves 1, 2, 4, ..., M steps and mixed dyadic budgets in between.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from .schedule import step_schedule
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+# Where sampling noise comes from: torch's global generator (None), one generator for the whole
+# batch, or one generator per batch row (an evaluation's episodes, so that an episode's noise does not
+# depend on which other episodes share its batch).
+Noise = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn(shape: Sequence[int], generator: Noise = None, dtype: torch.dtype = torch.float32,
+          device: str | torch.device = "cpu") -> torch.Tensor:
+    """Standard normal noise of ``shape`` on ``device``, drawn on the generator's device (a CPU
+    generator then works for CUDA data, and the draw does not depend on the data's device). With one
+    generator per row, row i is drawn from ``generator[i]`` alone."""
+    shape = tuple(shape)
+    if generator is None:
+        return torch.randn(shape, dtype=dtype, device=device)
+    if isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, dtype=dtype, device=generator.device).to(device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} row generators for a batch of {shape[0]} rows")
+    rows = [torch.randn(shape[1:], generator=g, dtype=dtype, device=g.device).to(device) for g in generator]
+    return torch.stack(rows) if rows else torch.empty(shape, dtype=dtype, device=device)
+
+
+def row_generators(seed: int, keys: np.ndarray) -> list[torch.Generator]:
+    """One CPU generator per row, seeded from ``seed`` and the row's integer key (e.g. its episode seed
+    and chunk index, (B, k) int): the same (seed, key) always gives the same noise."""
+    keys = np.asarray(keys, dtype=np.int64).reshape(len(keys), -1)
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([int(seed) & (2**63 - 1), *map(int, k)])
+                                              .generate_state(2, dtype=np.uint64)[0] >> np.uint64(1)))
+            for k in keys]
 
 
 @torch.no_grad()

@@ -62,7 +62,7 @@ class ExportedPolicy:
         self.metadata = metadata
         self.backend = metadata["backend"]
         self._runner = runner
-        self._rng = np.random.default_rng(seed)
+        self._seed, self._rng = seed, np.random.default_rng(seed)
         m = metadata
         self.shape_meta = ShapeMeta.from_dict(m["shape_meta"])
         self.n_obs_steps = m["n_obs_steps"]
@@ -167,11 +167,18 @@ class ExportedPolicy:
     def reseed(self, seed: int) -> None:
         """Restart the noise generator (e.g. per episode) without reloading the file: an ONNX
         Runtime session of a many-step graph takes seconds to build (graph optimization)."""
-        self._rng = np.random.default_rng(seed)
+        self._seed, self._rng = seed, np.random.default_rng(seed)
 
-    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """The runners' / controller's ``ActFn``: {key: (B, To, *shape)} -> (B, n_action_steps, A)."""
-        return self.predict_action_chunk(obs)
+    def __call__(self, obs: dict[str, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
+        """The runners' / controller's ``ActFn``: {key: (B, To, *shape)}, rows -> (B, n_action_steps, A).
+        With ``rows`` (a runner's (episode seed, chunk index) per row), row i's noise comes from
+        (the seed, rows[i]) alone, so it does not depend on the rest of the batch."""
+        if rows is None:
+            return self.predict_action_chunk(obs)
+        noise = np.stack([np.random.default_rng([self._seed, *map(int, r)]).standard_normal(self.noise_shape,
+                                                                                               dtype=np.float32)
+                          for r in np.asarray(rows, dtype=np.int64)])
+        return self.predict_action_chunk(obs, noise)
 
     def __repr__(self) -> str:
         m = self.metadata

@@ -22,6 +22,7 @@ from torch import nn
 from ..checkpoint import load_trained
 from ..core.config import make_objective
 from ..core.objective import EvalMode
+from ..core.sampler import Noise, randn, row_generators
 from ..nets import make_action_net
 from ..shape_meta import ShapeMetaError
 from .config import PolicyConfig
@@ -175,20 +176,20 @@ class ShortcutPolicy(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict_action_sequence(self, obs: Any, num_inference_steps: int | None = None,
-                                generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
+                                generator: Noise = None, sampler: str | None = None) -> torch.Tensor:
         """The whole predicted horizon, unnormalized: (B, horizon, action_dim).
 
         ``num_inference_steps``: network calls for the chunk (default: the objective's, 1 for a
         shortcut policy); ``sampler``: one of ``policy.objective.samplers`` (DDPM-trained networks
-        take "ddpm" or "ddim"); ``generator`` seeds the initial noise (and DDPM's).
+        take "ddpm" or "ddim"); ``generator`` seeds the initial noise (and DDPM's): one generator for
+        the batch, or one per row.
         """
         n = self.objective.default_inference_steps if num_inference_steps is None else num_inference_steps
         self.objective.check_inference_steps(n, sampler)
         cond = self.encode_obs(self.prepare_obs(obs))  # (B, cond_dim)
         B = cond.shape[0]
         shape = (B, self.cfg.horizon, self.cfg.action_dim)
-        x0 = torch.randn(shape, generator=generator, device="cpu" if generator is not None else self.device)
-        x0 = x0.to(self.device, cond.dtype)
+        x0 = randn(shape, generator, device=self.device).to(cond.dtype)
         naction = self.objective.sample(self.net, x0, n, cond, generator=generator, sampler=sampler)  # (B, H, A)
         if not torch.isfinite(naction).all():
             raise FloatingPointError("the policy produced NaN or inf actions (non-finite weights or inputs); "
@@ -197,7 +198,7 @@ class ShortcutPolicy(nn.Module):
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: Any, num_inference_steps: int | None = None,
-                             generator: torch.Generator | None = None, sampler: str | None = None) -> torch.Tensor:
+                             generator: Noise = None, sampler: str | None = None) -> torch.Tensor:
         """{key: (B, >= n_obs_steps, *shape)} -> (B, n_action_steps, action_dim) raw actions."""
         start = self.cfg.n_obs_steps - 1
         seq = self.predict_action_sequence(obs, num_inference_steps, generator, sampler)
@@ -237,7 +238,15 @@ class ShortcutPolicy(nn.Module):
     def act_fn(self, num_inference_steps: int | None = None, generator: torch.Generator | None = None,
                sampler: str | None = None):
         """A numpy callable for env runners and the controller:
-        {key: (B, To, *shape)} -> (B, n_action_steps, action_dim)."""
-        def act(obs: dict[str, np.ndarray]) -> np.ndarray:
-            return self.predict_action_chunk(obs, num_inference_steps, generator, sampler).cpu().numpy()
+        {key: (B, To, *shape)}, rows -> (B, n_action_steps, action_dim).
+
+        ``rows`` (B, k) int, given by env runners: each row's identity (its episode seed and chunk
+        index). With a ``generator``, row i's noise then comes from (the generator's seed, rows[i])
+        alone, so an episode's result does not depend on which episodes share its batch (``max_envs``,
+        the number of episodes). Without ``rows`` the generator serves the whole batch."""
+        def act(obs: dict[str, np.ndarray], rows: np.ndarray | None = None) -> np.ndarray:
+            noise = generator
+            if generator is not None and rows is not None:
+                noise = row_generators(generator.initial_seed(), rows)
+            return self.predict_action_chunk(obs, num_inference_steps, noise, sampler).cpu().numpy()
         return act
