@@ -33,7 +33,7 @@ export PYTHONPATH=$PKG${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 SDL_VIDEODR
 (cd /tmp && "$PY" -c "import shortcut_policy.configs, shortcut_policy.envs, shortcut_policy.datasets; print('package ok')")
 W=${WORK:-/tmp/h2h}
 if [ "${SMOKE:-0}" = 1 ]; then
-  H2H="--device cpu --seeds 0 --objectives shortcut ddpm --calib-steps 20 --log-every 5 --train-seconds 4
+  H2H="--device cpu --seeds 0 --objectives shortcut flow --calib-steps 20 --log-every 5 --train-seconds 4
        --round-steps 10 --batch-size 16 --episodes 2 --eval-seconds 120 --jobs 2"
 else
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no GPU'; print(torch.__version__, torch.cuda.get_device_name())"

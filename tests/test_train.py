@@ -136,19 +136,19 @@ def test_the_prepared_gpu_job_runs_its_steps_at_tiny_sizes_on_the_cpu(tmp_path):
     with tarfile.open(tmp_path / "results.tar.gz") as tar:
         names = set(tar.getnames())
         summary = json.load(tar.extractfile("./summary.json"))
-        ddpm = json.load(tar.extractfile("./ddpm-s0/eval_ddpm.json"))
+        flow = json.load(tar.extractfile("./flow-s0/eval_flow.json"))
     assert not any(n.endswith((".pt", ".safetensors")) for n in names)  # no checkpoints in the archive
     # every run trained the one calibrated step count; every evaluation ran on the same 2 episodes
     assert {j["status"] for j in summary["train"]} == {"done"} and summary["steps"] >= 10
     assert all(f"train.steps={summary['steps']}" in j["cmd"] for j in summary["train"])
     assert {(j["sampler"], j["n"]) for j in summary["eval"] if j["status"] == "done"} == {
-        ("shortcut", n) for n in (1, 2, 4, 8, 16)} | {("ddpm", 100), ("ddim", 10)}
-    assert ddpm["episodes"] == 2 and ddpm["train_steps"] == summary["steps"] and "100" in ddpm["steps"]
+        (m, n) for m in ("shortcut", "flow") for n in (1, 2, 4, 8, 16)}
+    assert flow["episodes"] == 2 and flow["train_steps"] == summary["steps"] and flow["method"] == "flow"
     with tarfile.open(tmp_path / "results.tar.gz") as tar:
         sc = json.load(tar.extractfile("./shortcut-s0/eval_shortcut.json"))
     assert sorted(sc["steps"], key=int) == ["1", "2", "4", "8", "16"] and len(sc["merges"]) == 4
     from shortcut_policy.policy import ShortcutPolicy
-    for name in ("shortcut-s0", "ddpm-s0"):  # the fp16 weights load into a policy as an inference file
+    for name in ("shortcut-s0", "flow-s0"):  # the fp16 weights load into a policy as an inference file
         p = ShortcutPolicy.from_checkpoint(tmp_path / f"{name}.fp16.safetensors")[0]
         assert next(p.parameters()).dtype == torch.float32
 
