@@ -235,6 +235,27 @@ def test_nan_loss_stops_training(tmp_path):
         train(p, ds, TrainConfig(steps=10, batch_size=40, progress=False), tmp_path, run)
 
 
+def test_a_non_finite_loss_is_named_at_its_step_and_never_checkpointed(tmp_path, monkeypatch):
+    """The loss is checked on the device and read back only when the loop logs or saves: the error still
+    names the first bad step and its value, and no checkpoint after it is written."""
+    p, ds, run = make()
+    real, calls = ShortcutPolicy.compute_loss, []
+
+    def compute_loss(self, batch, teacher=None):  # step 3 (0-based) and every later one: inf, then nan
+        loss, info = real(self, batch, teacher)
+        calls.append(1)
+        if len(calls) == 4:
+            return loss * float("inf"), info
+        return (loss * float("nan"), info) if len(calls) > 4 else (loss, info)
+
+    monkeypatch.setattr(ShortcutPolicy, "compute_loss", compute_loss)
+    cfg = TrainConfig(steps=12, batch_size=8, warmup_steps=2, log_every=6, ckpt_every=2, progress=False)
+    with pytest.raises(FloatingPointError, match=r"loss is inf at step 3;"):
+        train(p, ds, cfg, tmp_path, run)
+    assert len(calls) == 4  # stopped before the save after step 3 (its 4th step), not at the log after step 5
+    assert load_checkpoint(tmp_path / "checkpoints/latest.pt")["step"] == 2
+
+
 def test_tiny_pusht_train_then_evaluate(tmp_path):
     pytest.importorskip("gym_pusht")
     from shortcut_policy.eval.sweep import sweep

@@ -193,13 +193,13 @@ class DiffusionObjective:
 
     # -------------------------------------------------------------------- loss
     def loss(self, model: Denoiser, x1: torch.Tensor, cond=None, teacher: Denoiser | None = None,
-             teacher_cond=None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             teacher_cond=None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """Denoising loss on clean data x1 (B, ...): one network call on the batch.
 
         k ~ U{0..K-1} per example, x_k = sqrt(abar_k) x1 + sqrt(1 - abar_k) eps, MSE between the
         network output and eps. ``teacher`` and
         ``teacher_cond`` exist for interface compatibility with the shortcut objective and are
-        ignored. Returns (scalar loss, {"loss": float}).
+        ignored. Returns (scalar loss, {"loss": the loss detached}).
         """
         self._check_x(x1, "x1")
         if not torch.isfinite(x1).all():
@@ -216,7 +216,7 @@ class DiffusionObjective:
         if err.dtype in (torch.float16, torch.bfloat16):
             err = err.float()  # reduce in float32: half sums of many squares lose precision
         loss = err.pow(2).mean()
-        return loss, {"loss": float(loss.detach())}
+        return loss, {"loss": loss.detach()}
 
     # ------------------------------------------------------------------ sample
     def _predict_x0_eps(self, eps: torch.Tensor, x: torch.Tensor, abar: float) -> tuple[torch.Tensor, torch.Tensor]:

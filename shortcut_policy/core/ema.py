@@ -34,12 +34,14 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One averaging step: a multi-tensor lerp of every parameter (one kernel per group on a GPU rather
+        than one per tensor; the same values as a lerp per tensor) and a copy of every buffer."""
         self.step += 1
         beta = self.decay(self.step)
-        for p_ema, p in zip(self.module.parameters(), model.parameters()):
-            p_ema.lerp_(p.detach(), 1.0 - beta)
-        for b_ema, b in zip(self.module.buffers(), model.buffers()):
-            b_ema.copy_(b)  # normalizer stats, counters: follow the live model
+        torch._foreach_lerp_(list(self.module.parameters()), [p.detach() for p in model.parameters()], 1.0 - beta)
+        buffers = list(self.module.buffers())
+        if buffers:  # normalizer stats, counters: follow the live model
+            torch._foreach_copy_(buffers, list(model.buffers()))
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "step": self.step}

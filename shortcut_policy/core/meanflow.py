@@ -92,7 +92,7 @@ class MeanFlowObjective(ShortcutObjective):
         return t, d
 
     def loss(self, model: VelocityFn, x1: torch.Tensor, cond: Any = None, teacher: VelocityFn | None = None,
-             teacher_cond: Any = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             teacher_cond: Any = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """MeanFlow loss (``teacher`` is unused: the target needs none)."""
         B = x1.shape[0]
         dev, dt = x1.device, x1.dtype
@@ -120,8 +120,9 @@ class MeanFlowObjective(ShortcutObjective):
         # the paper's adaptive weight (power 1): each example's error divided by its own size, held fixed, so
         # the rare huge targets of an early JVP do not run away with the step
         loss = (err / (err.detach() + ADAPTIVE_C)).mean()
-        info = {"loss": loss.item(), "loss_flow": err[n:].mean().item() if n < B else 0.0,
-                "loss_interval": err[:n].mean().item() if n else 0.0, "interval_share": n / B}
+        err = err.detach()  # logged on the device (the shortcut objective's info)
+        info = {"loss": loss.detach(), "loss_flow": err[n:].mean() if n < B else 0.0,
+                "loss_interval": err[:n].mean() if n else 0.0, "interval_share": n / B}
         return loss, info
 
     def describe(self) -> dict[str, Any]:

@@ -165,7 +165,7 @@ class ShortcutObjective:
 
     def loss(self, model: VelocityFn, x1: torch.Tensor, cond: Any = None,
              teacher: VelocityFn | None = None, teacher_cond: Any = None,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """Mixed-batch shortcut loss.
 
         Args:
@@ -176,7 +176,8 @@ class ShortcutObjective:
                 or None for the online ``model``).
             teacher_cond: the teacher's condition for the whole batch (defaults to ``cond`` detached).
         Returns:
-            (loss, info) with the flow and consistency parts of the MSE logged separately.
+            (loss, info) with the flow and consistency parts of the MSE logged separately; info's values are
+            numbers or detached 0-dim tensors on the data's device (the training loop reads them when it logs).
         """
         B, M = x1.shape[0], self.max_steps
         dev, dt = x1.device, x1.dtype
@@ -209,9 +210,9 @@ class ShortcutObjective:
         if self.parameterization == "endpoint":
             err = err * (1 - t) ** 2  # the error of x^ = x_t + (1 - t) s
         loss = (err[nb:].sum() + self.consistency_weight * err[:nb].sum()) / B
-        info = {"loss": loss.item(), "loss_flow": err[nb:].mean().item() if nb < B else 0.0,
-                "loss_consistency": err[:nb].mean().item() if nb else 0.0,
-                "consistency_share": nb / B}
+        err = err.detach()  # logged values stay on the device: reading them back each step would stall a GPU
+        info = {"loss": loss.detach(), "loss_flow": err[nb:].mean() if nb < B else 0.0,
+                "loss_consistency": err[:nb].mean() if nb else 0.0, "consistency_share": nb / B}
         return loss, info
 
     @torch.no_grad()

@@ -77,9 +77,11 @@ def _batch(dataset, idx):
 
 def train_samples_per_s(policy, dataset, batch_size: int, n_steps: int = 20, seed: int = 0) -> float:
     """Samples/s of the optimizer step alone (loss, backward, AdamW) on batches loaded beforehand."""
+    from ..train.loop import make_optimizer
+
     g = torch.Generator().manual_seed(seed)
     batches = [_batch(dataset, torch.randint(len(dataset), (batch_size,), generator=g).tolist()) for _ in range(3)]
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    opt = make_optimizer(policy, policy.device, lr=1e-4)
     policy.train()
 
     def step(b):

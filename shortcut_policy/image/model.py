@@ -9,6 +9,7 @@ i.e. M steps; a flow-matching baseline is always at that level).
 """
 from __future__ import annotations
 
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,7 +67,7 @@ class ShortcutImageModel(nn.Module):
         return labels
 
     def compute_loss(self, batch: dict[str, torch.Tensor], teacher: "ShortcutImageModel | None" = None,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         """batch: {"image": (B, C, H, W) in [-1, 1], "label": (B,) int}.
 
         ``teacher``: a model whose network builds the consistency targets (an EMA copy), or None

@@ -29,7 +29,7 @@ def step_times(dataset, variants: dict[str, dict[str, Any]] | None = None, net: 
     machine does not land on one of them; compilation happens in the warm-up steps."""
     from ..latency import torch_sync
     from ..policy import PolicyConfig, ShortcutPolicy
-    from .loop import _LossModule, _to_device, autocast, compiled
+    from .loop import _LossModule, _to_device, autocast, compiled, make_optimizer
 
     device = torch.device(device)
     sync = torch_sync(device) or (lambda: None)
@@ -45,7 +45,7 @@ def step_times(dataset, variants: dict[str, dict[str, Any]] | None = None, net: 
         p.normalizer.load_state_dict(dataset.get_normalizer().state_dict())
         p.to(device).train()
         runs[name] = (p, compiled(_LossModule(p), bool(v.get("compile", False))),
-                      torch.optim.AdamW(p.parameters(), lr=1e-4), v.get("precision", "fp32"))
+                      make_optimizer(p, device, lr=1e-4), v.get("precision", "fp32"))
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(rounds):
         for name, (p, loss_fn, opt, precision) in runs.items():

@@ -23,6 +23,10 @@ The run directory (``run_dir``): one run at a time (a lock), no restart over a c
 ``resume``, a resume refuses a config that would change the run, metrics.jsonl is cut back to the
 checkpoint, SIGTERM checkpoints and exits (143), NaN or inf in the loss or the EMA weights stops the
 run with the step named.
+
+Between log steps a step reads nothing back from the device (a read makes the host wait for the GPU's
+queue): logged values are summed as device tensors, and the loss's finiteness is recorded there and
+checked whenever the loop logs or saves, so the first bad step is still named and never checkpointed.
 """
 from __future__ import annotations
 
@@ -130,6 +134,12 @@ class TrainConfig:
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def make_optimizer(model: torch.nn.Module, device: torch.device, **kw) -> torch.optim.AdamW:
+    """The training AdamW: the fused kernel on a GPU (one launch for all parameters); the CPU keeps the
+    per-tensor update that every CPU result so far was trained with."""
+    return torch.optim.AdamW(model.parameters(), fused=True if device.type == "cuda" else None, **kw)
+
+
 def _batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
     """Indices of the batch at ``step``: epochs are seeded permutations, last partial batch dropped."""
     per_epoch = n // batch_size
@@ -230,6 +240,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     owned: bool = False  # this process group was joined here, so ``close`` leaves it
+    device: str = "cpu"  # where collectives' tensors live: nccl reduces CUDA tensors only
 
     @property
     def main(self) -> bool:
@@ -249,7 +260,9 @@ class Dist:
         owned = not tdist.is_initialized()
         if owned:
             tdist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-        return cls(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        nccl = tdist.get_backend() == "nccl"
+        return cls(tdist.get_rank(), tdist.get_world_size(), local, owned, f"cuda:{local}" if nccl else "cpu")
 
     def close(self) -> None:
         """Leave a process group joined by ``from_env`` once every rank is done. A group left to the
@@ -268,7 +281,7 @@ class Dist:
         import torch.distributed as tdist
 
         keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
         tdist.all_reduce(t)
         return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
 
@@ -277,7 +290,7 @@ class Dist:
             return flag
         import torch.distributed as tdist
 
-        t = torch.tensor([int(flag)])
+        t = torch.tensor([int(flag)], device=self.device)
         tdist.all_reduce(t)
         return bool(t.item())
 
@@ -374,7 +387,7 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed + dist.rank)  # each rank its own noise; rank 0 of any world is the 1-process run
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, device, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     ema = EMA(model, max_decay=cfg.ema_max_decay, power=cfg.ema_power)
     # the consistency targets' teacher: the online weights (None), or an EMA at a constant decay from step 0
     teacher_ema = EMA(model, max_decay=teacher_ema_decay, warmup=False) if teacher_ema_decay is not None else None
@@ -476,6 +489,16 @@ def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_c
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=start, desc="train", dynamic_ncols=True)
     t_last, sums, n_sum = time.perf_counter(), {}, 0
+    # the first step whose loss was NaN or inf, and that loss, kept on the device: nothing is read back from
+    # it between log steps (a read stalls a GPU until its queue drains); checked before every log and save
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    bad_loss = torch.zeros((), device=device)
+
+    def check_loss() -> None:
+        step_bad = int(bad_step)
+        if step_bad >= 0:
+            raise FloatingPointError(f"loss is {float(bad_loss)} at step {step_bad}; last metrics {metrics}")
+
     for step, batch in zip(range(start, cfg.steps), batch_loader(dataset, cfg, start, device, dist.rank, dist.world)):
         batch = _to_device(batch, device)
         lr = cfg.lr_at(step)
@@ -483,24 +506,31 @@ def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_c
             g["lr"] = lr
         with autocast(device, cfg.precision):
             loss, info = loss_fn(batch, teacher_ema.module if teacher_ema is not None else None)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; last metrics {metrics}")
+        first = (bad_step < 0) & ~torch.isfinite(loss.detach())
+        bad_loss.copy_(torch.where(first, loss.detach().float(), bad_loss))
+        bad_step.masked_fill_(first, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
-            info["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+            info["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).detach()
         opt.step()
         ema.update(model)
         if teacher_ema is not None:
             teacher_ema.update(model)
-        for k, v in info.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
+        for k, v in info.items():  # numbers and 0-dim device tensors, summed where they are
+            sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else float(v))
         n_sum += 1
 
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        evaluating = evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps)
+        stopping = dist.any(stop.requested)
+        saving = done % cfg.ckpt_every == 0 or done == cfg.steps or evaluating or stopping
+        logging = done % cfg.log_every == 0 or done == cfg.steps
+        if logging or saving:
+            check_loss()
+        if logging:
             now = time.perf_counter()
-            metrics = dist.all_mean({f"train/{k}": v / n_sum for k, v in sums.items()})
+            metrics = dist.all_mean({f"train/{k}": float(v) / n_sum for k, v in sums.items()})
             metrics.update({"train/lr": lr, "train/steps_per_s": n_sum / (now - t_last)})
             t_last, sums, n_sum = now, {}, 0
             bad = [n for n, p in ema.module.named_parameters() if not torch.isfinite(p).all()]
@@ -512,9 +542,7 @@ def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_c
             logger.log(metrics, done)
             if bar is not None:
                 bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", refresh=False)
-        evaluating = evaluate is not None and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps)
-        stopping = dist.any(stop.requested)
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or evaluating or stopping:
+        if saving:
             checkpoint(done, metrics, eval_pending=evaluating)  # a stop or crash before it ends repeats it
         if stopping:
             if bar is not None:
