@@ -39,6 +39,13 @@ else
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no GPU'; print(torch.__version__, torch.cuda.get_device_name())"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.csv"
   "$PY" -c "import zarr, hydra, gymnasium, gym_pusht, pymunk, shapely; print('imports ok')" || echo "EVAL IMPORTS FAILED"
+  # host waits per training step: 60 steps, logged and checked every 30, sync debug mode on (each wait
+  # that torch sees prints a warning); the step rate is in the run's metrics.jsonl
+  (cd /tmp && timeout 240 "$PY" -W always -c "import torch; torch.cuda.set_sync_debug_mode('warn')
+from shortcut_policy.train.cli import main; main()" train.device=cuda train.steps=60 train.log_every=30 \
+    train.ckpt_every=60 train.batch_size=256 train.num_threads=1 train.progress=false out_dir=/tmp/syncs \
+    > "$OUT/syncs.log" 2>&1; echo "sync probe rc $?: $(grep -c 'synchronizing CUDA operation' "$OUT/syncs.log") \
+host waits in 60 steps (2 log checks, 1 save)"; tail -n 2 /tmp/syncs/metrics.jsonl) || echo "sync probe failed"
   H2H="--device cuda --train-seconds ${TRAIN_SECONDS:-200} --eval-seconds ${EVAL_SECONDS:-220} --eval-grace 80
        --total-seconds ${TOTAL_SECONDS:-530} --jobs 15 --latency"
 fi

@@ -267,8 +267,9 @@ def test_bad_sample_arguments_raise():
 
 def test_bad_loss_arguments_raise():
     obj = DiffusionObjective()
-    with pytest.raises(ValueError, match="NaN"):
-        obj.loss(Counter(), torch.tensor([[0.0, float("nan")]]))
+    # NaN data is not tested in the loss (a GPU would wait for that read each step): it makes the loss NaN,
+    # which the training loop names with its step
+    assert torch.isnan(obj.loss(lambda x, t, d, c: x, torch.tensor([[0.0, float("nan")]]))[0])
     with pytest.raises(ValueError, match="x1"):
         obj.loss(Counter(), torch.zeros(0, 3))
     with pytest.raises(ValueError, match="shape of x"):

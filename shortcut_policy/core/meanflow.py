@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from .objective import ShortcutObjective, index_cond
-from .sampler import VelocityFn
+from .sampler import VelocityFn, randn, to_device
 
 
 def meanflow_target(fn, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, v: torch.Tensor
@@ -97,8 +97,8 @@ class MeanFlowObjective(ShortcutObjective):
         B = x1.shape[0]
         dev, dt = x1.device, x1.dtype
         shape = (B,) + (1,) * (x1.ndim - 1)
-        x0 = torch.randn(x1.shape, generator=generator, dtype=dt, device="cpu" if generator is not None else dev).to(dev)
-        t, d = (a.to(dev, dt) for a in self.times(B, generator))
+        x0 = randn(x1.shape, generator, dt, dev)
+        t, d = (to_device(a, dev, dt) for a in self.times(B, generator))
         x_t = (1 - t.view(shape)) * x0 + t.view(shape) * x1
         v = x1 - x0
         # the interval rows (the first n) need the JVP; the d = 0 rows are flow matching, target v

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .sampler import Noise, VelocityFn, sample
+from .sampler import Noise, VelocityFn, randn, sample, to_device
 from .schedule import check_max_steps, dyadic_counts, step_schedule
 
 
@@ -182,10 +182,10 @@ class ShortcutObjective:
         B, M = x1.shape[0], self.max_steps
         dev, dt = x1.device, x1.dtype
         bshape = (B,) + (1,) * (x1.ndim - 1)
-        x0 = torch.randn(x1.shape, generator=generator, dtype=dt, device="cpu" if generator is not None else dev).to(dev)
+        x0 = randn(x1.shape, generator, dt, dev)
 
         # flow part: t = k / M, d = 1 / M, target x1 - x0
-        t = torch.randint(0, M, (B,), generator=generator).to(dev, dt) / M  # (B,)
+        t = to_device(torch.randint(0, M, (B,), generator=generator), dev, dt) / M  # (B,)
         d = torch.full((B,), 1.0 / M, dtype=dt, device=dev)  # (B,)
         nb = 0 if self.flow_only else self.n_consistency(B, generator)
         if nb:
@@ -193,8 +193,8 @@ class ShortcutObjective:
             j = self.sample_levels(nb, generator)  # (nb,)
             n_cells = (2 ** j).to(torch.float64)  # 1 / (2d)
             cell = torch.floor(torch.rand(nb, generator=generator, dtype=torch.float64) * n_cells)
-            t[:nb] = (cell / n_cells).to(dev, dt)
-            d[:nb] = (1.0 / n_cells).to(dev, dt)
+            t[:nb] = to_device(cell / n_cells, dev, dt)
+            d[:nb] = to_device(1.0 / n_cells, dev, dt)
         x_t = (1 - t.view(bshape)) * x0 + t.view(bshape) * x1  # (B, ...)
         target = x1 - x0  # (B, ...)
 

@@ -24,6 +24,18 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Ten
 Noise = torch.Generator | Sequence[torch.Generator] | None
 
 
+def to_device(x: torch.Tensor, device: str | torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host tensor (a CPU generator's draw) onto ``device`` without making the host wait: on CUDA it is
+    pinned and copied asynchronously (a plain copy from pageable memory waits until the GPU's queue is
+    empty); elsewhere a plain ``.to``. The dtype is cast on the host first, so the values do not depend
+    on the device."""
+    x = x if dtype is None else x.to(dtype)
+    device = torch.device(device)
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def randn(shape: Sequence[int], generator: Noise = None, dtype: torch.dtype = torch.float32,
           device: str | torch.device = "cpu") -> torch.Tensor:
     """Standard normal noise of ``shape`` on ``device``, drawn on the generator's device (a CPU
@@ -33,11 +45,11 @@ def randn(shape: Sequence[int], generator: Noise = None, dtype: torch.dtype = to
     if generator is None:
         return torch.randn(shape, dtype=dtype, device=device)
     if isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator, dtype=dtype, device=generator.device).to(device)
+        return to_device(torch.randn(shape, generator=generator, dtype=dtype, device=generator.device), device)
     if len(generator) != shape[0]:
         raise ValueError(f"{len(generator)} row generators for a batch of {shape[0]} rows")
-    rows = [torch.randn(shape[1:], generator=g, dtype=dtype, device=g.device).to(device) for g in generator]
-    return torch.stack(rows) if rows else torch.empty(shape, dtype=dtype, device=device)
+    rows = [torch.randn(shape[1:], generator=g, dtype=dtype, device=g.device) for g in generator]
+    return to_device(torch.stack(rows), device) if rows else torch.empty(shape, dtype=dtype, device=device)
 
 
 def row_generators(seed: int, keys: np.ndarray) -> list[torch.Generator]:

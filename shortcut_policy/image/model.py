@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core.guidance import guided_velocity
-from ..core.sampler import VelocityFn
+from ..core.sampler import VelocityFn, to_device
 from ..nets.dit import make_image_net
 from ..core.config import make_objective
 from ..core.objective import EvalMode
@@ -84,7 +84,7 @@ class ShortcutImageModel(nn.Module):
         B = x1.shape[0]
         labels = self._labels(batch, B)  # (B,)
         if self.cfg.num_classes and self.cfg.class_dropout > 0:
-            drop = torch.rand(B, generator=generator).to(labels.device) < self.cfg.class_dropout  # (B,)
+            drop = to_device(torch.rand(B, generator=generator), labels.device) < self.cfg.class_dropout  # (B,)
             labels = torch.where(drop, self._null(labels), labels)
         teacher_net = EvalMode(self.net if teacher is None else teacher.net)
         teacher_fn = self.guided(teacher_net, self.cfg.cfg_scale)

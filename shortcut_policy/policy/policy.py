@@ -114,13 +114,15 @@ class ShortcutPolicy(nn.Module):
             out[key] = x
         return out
 
-    def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def encode_obs(self, obs: dict[str, torch.Tensor], check_range: bool = True) -> torch.Tensor:
         """Prepared observations (``prepare_obs``) -> the network's condition (B, cond_dim):
-        normalization, then the observation encoder. Low-dim values far outside the training data's
-        range (more than ``OUT_OF_RANGE`` times its half-width from its centre) are passed on with a
-        warning, once per key until ``reset()``: the actions that follow are extrapolation."""
+        normalization, then the observation encoder. When acting (eval mode, ``check_range``), low-dim
+        values far outside the training data's range (more than ``OUT_OF_RANGE`` times its half-width
+        from its centre) are passed on with a warning, once per key until ``reset()``: the actions that
+        follow are extrapolation. Training passes ``check_range=False`` (also for an EMA teacher, which
+        is in eval mode): the test reads a value back from the device."""
         nobs = self.normalizer.normalize_dict(obs)
-        if not self.training:
+        if check_range and not self.training:
             warned = self.__dict__.setdefault("_range_warned", set())
             for key in self.shape_meta.low_dim_keys:
                 worst = float(nobs[key].abs().max()) if nobs[key].numel() else 0.0
@@ -165,13 +167,13 @@ class ShortcutPolicy(nn.Module):
         if next(iter(obs.values())).shape[0] != action.shape[0]:
             raise ValueError(f"batch['obs'] holds {next(iter(obs.values())).shape[0]} examples, batch['action'] "
                              f"{action.shape[0]}")
-        cond = self.encode_obs(obs)  # (B, cond_dim)
+        cond = self.encode_obs(obs, check_range=False)  # (B, cond_dim)
         x1 = self.normalizer.normalize("action", action.to(self.device, torch.float32))  # (B, H, A)
         if teacher is None:
             teacher_net, teacher_cond = EvalMode(self.net), None
         else:
             with torch.no_grad():
-                teacher_cond = teacher.encode_obs(obs)
+                teacher_cond = teacher.encode_obs(obs, check_range=False)
             teacher_net = EvalMode(teacher.net)
         return self.objective.loss(self.net, x1, cond, teacher=teacher_net, teacher_cond=teacher_cond)
 

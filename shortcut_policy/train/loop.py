@@ -136,7 +136,8 @@ class TrainConfig:
 
 def make_optimizer(model: torch.nn.Module, device: torch.device, **kw) -> torch.optim.AdamW:
     """The training AdamW: the fused kernel on a GPU (one launch for all parameters); the CPU keeps the
-    per-tensor update that every CPU result so far was trained with."""
+    per-tensor update that every CPU result so far was trained with. A resumed run keeps the choice its
+    checkpoint recorded (``load_state_dict`` restores each group's ``fused``)."""
     return torch.optim.AdamW(model.parameters(), fused=True if device.type == "cuda" else None, **kw)
 
 
@@ -240,7 +241,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     owned: bool = False  # this process group was joined here, so ``close`` leaves it
-    device: str = "cpu"  # where collectives' tensors live: nccl reduces CUDA tensors only
+    host: Any = None  # the group for host values (flags, logged means, objects): gloo beside an nccl group
 
     @property
     def main(self) -> bool:
@@ -249,7 +250,9 @@ class Dist:
     @classmethod
     def from_env(cls, device_type: str) -> Dist:
         """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK and join the process group (gloo on CPU, nccl on
-        CUDA); world 1 when they are absent."""
+        CUDA, after selecting this rank's GPU, which nccl's object collectives use); world 1 when they are
+        absent. Beside an nccl group a gloo group carries the host values, so a stop flag or a logged mean
+        never goes through the GPU (an nccl reduction of a host value is a copy in, a copy out and a wait)."""
         import os
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -257,12 +260,14 @@ class Dist:
             return cls()
         import torch.distributed as tdist
 
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if device_type == "cuda":
+            torch.cuda.set_device(local)
         owned = not tdist.is_initialized()
         if owned:
             tdist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        nccl = tdist.get_backend() == "nccl"
-        return cls(tdist.get_rank(), tdist.get_world_size(), local, owned, f"cuda:{local}" if nccl else "cpu")
+        host = tdist.new_group(backend="gloo") if tdist.get_backend() == "nccl" else None
+        return cls(tdist.get_rank(), tdist.get_world_size(), local, owned, host)
 
     def close(self) -> None:
         """Leave a process group joined by ``from_env`` once every rank is done. A group left to the
@@ -281,8 +286,8 @@ class Dist:
         import torch.distributed as tdist
 
         keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
-        tdist.all_reduce(t)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        tdist.all_reduce(t, group=self.host)
         return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
 
     def any(self, flag: bool) -> bool:
@@ -290,8 +295,8 @@ class Dist:
             return flag
         import torch.distributed as tdist
 
-        t = torch.tensor([int(flag)], device=self.device)
-        tdist.all_reduce(t)
+        t = torch.tensor([int(flag)])
+        tdist.all_reduce(t, group=self.host)
         return bool(t.item())
 
     def gather(self, obj: Any) -> list[Any]:
@@ -300,14 +305,14 @@ class Dist:
         import torch.distributed as tdist
 
         out: list[Any] = [None] * self.world
-        tdist.all_gather_object(out, obj)
+        tdist.all_gather_object(out, obj, group=self.host)
         return out
 
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as tdist
 
-            tdist.barrier()
+            tdist.barrier(group=self.host)
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:
@@ -494,10 +499,20 @@ def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_c
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
     bad_loss = torch.zeros((), device=device)
 
-    def check_loss() -> None:
-        step_bad = int(bad_step)
-        if step_bad >= 0:
-            raise FloatingPointError(f"loss is {float(bad_loss)} at step {step_bad}; last metrics {metrics}")
+    def check_finite(done: int) -> None:
+        """Raise on every rank together (so none waits in a collective for one that left) if a loss so far
+        was NaN or inf, naming the first such step of any rank, or if the EMA weights hold NaN or inf."""
+        step_bad, value = torch.stack([bad_step.double(), bad_loss.double()]).tolist()
+        bads = [b for b in dist.gather((int(step_bad), value)) if b[0] >= 0]
+        if bads:
+            step_bad, value = min(bads)
+            raise FloatingPointError(f"loss is {value} at step {step_bad}; last metrics {metrics}")
+        params = list(ema.module.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for _, p in params]).tolist()  # one read for all
+        bad = [n for (n, _), ok in zip(params, finite) if not ok]
+        if bad:
+            raise FloatingPointError(f"the EMA weights hold NaN or inf at step {done} ({bad[:3]}); the last "
+                                     f"checkpoint is the last finite state")
 
     for step, batch in zip(range(start, cfg.steps), batch_loader(dataset, cfg, start, device, dist.rank, dist.world)):
         batch = _to_device(batch, device)
@@ -527,16 +542,12 @@ def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_c
         saving = done % cfg.ckpt_every == 0 or done == cfg.steps or evaluating or stopping
         logging = done % cfg.log_every == 0 or done == cfg.steps
         if logging or saving:
-            check_loss()
+            check_finite(done)
         if logging:
             now = time.perf_counter()
             metrics = dist.all_mean({f"train/{k}": float(v) / n_sum for k, v in sums.items()})
             metrics.update({"train/lr": lr, "train/steps_per_s": n_sum / (now - t_last)})
             t_last, sums, n_sum = now, {}, 0
-            bad = [n for n, p in ema.module.named_parameters() if not torch.isfinite(p).all()]
-            if bad:
-                raise FloatingPointError(f"the EMA weights hold NaN or inf at step {done} ({bad[:3]}); the last "
-                                         f"checkpoint is the last finite state")
             if dist.main and val_dataset is not None and len(val_dataset) and (done % cfg.val_every == 0 or done == cfg.steps):
                 metrics["val/loss"] = validation_loss(ema.module, val_dataset, cfg.batch_size, device)
             logger.log(metrics, done)
