@@ -12,7 +12,8 @@
 # Here, the same steps at tiny sizes on the CPU (what the test of the script runs):
 #   OUT=/tmp/gpu SMOKE=1 bash scripts/gpu_job.sh
 #
-# Steps: the GPU's name; the PushT low-dim head-to-head (scripts/headtohead.py: shortcut, flow matching,
+# Steps: the GPU's name; the host waits of a training step (60 steps in CUDA's sync debug mode, counted
+# per source line in $OUT/syncs.log); the PushT low-dim head-to-head (scripts/headtohead.py: shortcut, flow matching,
 # MeanFlow and DDPM x 3 training seeds trained side by side, as many steps as TRAIN_SECONDS allow,
 # then 500 held-out episodes each, evaluated by parallel processes) with one-call latency (eager,
 # torch.compile with CUDA graphs); then $OUT/results.tar.gz (evaluations, metrics, logs, no
@@ -39,15 +40,18 @@ else
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no GPU'; print(torch.__version__, torch.cuda.get_device_name())"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.csv"
   "$PY" -c "import zarr, hydra, gymnasium, gym_pusht, pymunk, shapely; print('imports ok')" || echo "EVAL IMPORTS FAILED"
-  # host waits per training step: 60 steps, logged and checked every 30, sync debug mode on (each wait
-  # that torch sees prints a warning); the step rate is in the run's metrics.jsonl
-  (cd /tmp && timeout 240 "$PY" -W always -c "import torch; torch.cuda.set_sync_debug_mode('warn')
+  # host waits of a training step: 60 steps, logged and checked every 30, sync debug mode on (each wait
+  # torch sees prints a warning, counted per source line: a step's waits are the lines counted about 60
+  # times; start-up, validation and the save add their own); the step rate is in the run's metrics.jsonl
+  rm -rf /tmp/syncs
+  (cd /tmp && timeout 90 "$PY" -W always -c "import torch; torch.cuda.set_sync_debug_mode('warn')
 from shortcut_policy.train.cli import main; main()" train.device=cuda train.steps=60 train.log_every=30 \
     train.ckpt_every=60 train.batch_size=256 train.num_threads=1 train.progress=false out_dir=/tmp/syncs \
-    > "$OUT/syncs.log" 2>&1; echo "sync probe rc $?: $(grep -c 'synchronizing CUDA operation' "$OUT/syncs.log") \
-host waits in 60 steps (2 log checks, 1 save)"; tail -n 2 /tmp/syncs/metrics.jsonl) || echo "sync probe failed"
+    > "$OUT/syncs.log" 2>&1; echo "sync probe rc $?; host waits by source line:"
+    grep -o '[^ ]*\.py:[0-9]*: UserWarning: called a synchronizing' "$OUT/syncs.log" | sort | uniq -c | sort -rn | head -15
+    tail -n 2 /tmp/syncs/metrics.jsonl) || echo "sync probe failed"
   H2H="--device cuda --train-seconds ${TRAIN_SECONDS:-200} --eval-seconds ${EVAL_SECONDS:-220} --eval-grace 80
-       --total-seconds ${TOTAL_SECONDS:-530} --jobs 15 --latency"
+       --total-seconds $(( ${TOTAL_SECONDS:-560} - SECONDS )) --jobs 15 --latency"
 fi
 rm -rf "$W"
 # shellcheck disable=SC2086

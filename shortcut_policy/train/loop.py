@@ -273,6 +273,11 @@ class Dist:
         """Leave a process group joined by ``from_env`` once every rank is done. A group left to the
         interpreter's exit can abort a rank whose transport threads are still live ("terminate called
         without an active exception"), failing a job that finished."""
+        if self.host is not None:  # the gloo group of host values, also when the main group is not ours
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group(self.host)
+            self.host = None
         if self.owned:
             import torch.distributed as tdist
 
@@ -325,12 +330,12 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 def _set_rng_state(state: Any, device: torch.device, where: str) -> None:
     if isinstance(state, torch.Tensor):  # checkpoints before per-device RNG states
         state = {"cpu": state}
-    torch.set_rng_state(state["cpu"])
+    torch.set_rng_state(state["cpu"].cpu())  # a checkpoint loaded onto a GPU carries its RNG states there
     if device.type == "cuda":
         if "cuda" not in state:
             raise CheckpointError(f"{where} was written without a CUDA RNG state (a CPU run): a resume on CUDA "
                                   "cannot be exact; resume on the CPU, or start a new out_dir")
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 class _Stop:
@@ -533,7 +538,7 @@ def _run(model, dataset, cfg: TrainConfig, out_dir: Path, ckpt_path: Path, run_c
         if teacher_ema is not None:
             teacher_ema.update(model)
         for k, v in info.items():  # numbers and 0-dim device tensors, summed where they are
-            sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else float(v))
+            sums[k] = sums.get(k, 0.0) + (v.detach().double() if isinstance(v, torch.Tensor) else float(v))
         n_sum += 1
 
         done = step + 1
