@@ -144,6 +144,9 @@ def test_the_prepared_gpu_job_runs_its_steps_at_tiny_sizes_on_the_cpu(tmp_path):
     assert {(j["sampler"], j["n"]) for j in summary["eval"] if j["status"] == "done"} == {
         (m, n) for m in ("shortcut", "flow") for n in (1, 2, 4, 8, 16)}
     assert flow["episodes"] == 2 and flow["train_steps"] == summary["steps"] and flow["method"] == "flow"
+    # the files name the commands a user would type, not the interpreter's -c
+    assert flow["train_command"].startswith("shortcut-train objective=flow policy=unet1d_small train.seed=0")
+    assert flow["command"].startswith("shortcut-eval --checkpoint ")
     with tarfile.open(tmp_path / "results.tar.gz") as tar:
         sc = json.load(tar.extractfile("./shortcut-s0/eval_shortcut.json"))
     assert sorted(sc["steps"], key=int) == ["1", "2", "4", "8", "16"] and len(sc["merges"]) == 4

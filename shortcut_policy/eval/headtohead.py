@@ -16,7 +16,7 @@ then every checkpoint evaluated on held-out seeds by parallel processes, the mos
    merged into ``<run>/eval_<sampler>.json`` (``shortcut-eval --merge``'s rule).
 3. ``summary.json``: S, the calibration rates, every command, what finished and what was skipped.
 The GPU window (scripts/gpu_job.sh) runs this; a tiny version runs on the CPU in the tests. Every
-child runs in the output folder with the package as installed (``python -m`` / ``-c``), so a copy of
+child runs in the output folder with the package as installed (its console commands through ``python -c``), so a copy of
 the package on PYTHONPATH (the device's) is the one it imports.
 """
 from __future__ import annotations
@@ -29,9 +29,16 @@ import sys
 import time
 from pathlib import Path
 
-TRAIN = [sys.executable, "-m", "shortcut_policy.train.cli"]
-EVAL = [sys.executable, "-c", "from shortcut_policy.eval.cli import main; main()"]
-LATENCY = [sys.executable, "-c", "from shortcut_policy.deploy.cli import latency_main; latency_main()"]
+
+def entry(name: str, module: str, function: str = "main") -> list[str]:
+    """A console command (pyproject's ``[project.scripts]``) run by this interpreter with the package it
+    imports: its results and checkpoints record ``name`` and the arguments, a command a user can run."""
+    return [sys.executable, "-c", f"import sys; sys.argv[0] = {name!r}; from {module} import {function}; {function}()"]
+
+
+TRAIN = entry("shortcut-train", "shortcut_policy.train.cli")
+EVAL = entry("shortcut-eval", "shortcut_policy.eval.cli")
+LATENCY = entry("shortcut-latency", "shortcut_policy.deploy.cli", "latency_main")
 # call counts per sampler, most wanted first (priority: lower runs first)
 COUNTS = {"shortcut": [1, 16, 4, 8, 2], "meanflow": [1, 16, 4, 8, 2], "flow": [1, 16, 4, 8, 2],
           "ddpm": [100], "ddim": [10]}
