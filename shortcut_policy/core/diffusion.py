@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import torch
 
-from .sampler import Noise, randn
+from .sampler import Noise, randn, to_device
 from .schedule import DYADIC_COUNTS
 
 SAMPLERS = ("ddpm", "ddim")
@@ -205,7 +205,7 @@ class DiffusionObjective:
         self._check_x(x1, "x1")  # no NaN test here: it would stall a GPU each step (the loop checks the loss)
         B = x1.shape[0]
         gen_dev = x1.device if generator is None else generator.device
-        k = torch.randint(0, self.num_train_timesteps, (B,), device=gen_dev, generator=generator).to(x1.device)  # (B,)
+        k = to_device(torch.randint(0, self.num_train_timesteps, (B,), device=gen_dev, generator=generator), x1.device)  # (B,)
         eps = _randn(x1, generator)  # (B, ...)
         if x1.device not in self._abar_on:  # copied once per device, not every step
             self._abar_on[x1.device] = self.alphas_cumprod.to(x1.device)
