@@ -13,7 +13,8 @@
 #   OUT=/tmp/gpu SMOKE=1 bash scripts/gpu_job.sh
 #
 # Steps: the GPU's name; the host waits of a training step (60 steps in CUDA's sync debug mode, counted
-# per source line in $OUT/syncs.log); the PushT low-dim head-to-head (scripts/headtohead.py: shortcut, flow matching,
+# per source line in $OUT/syncs.log); a 2-episode evaluation with its latency probe on the GPU, which stops
+# the job if it fails; the step time in fp32, bf16 and bf16 + torch.compile (probes/precision.json); the PushT low-dim head-to-head (scripts/headtohead.py: shortcut, flow matching,
 # MeanFlow and DDPM x 3 training seeds trained side by side, as many steps as TRAIN_SECONDS allow,
 # then 500 held-out episodes each, evaluated by parallel processes) with one-call latency (eager,
 # torch.compile with CUDA graphs); then $OUT/results.tar.gz (evaluations, metrics, logs, no
@@ -35,10 +36,11 @@ export PYTHONPATH=$PKG${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 SDL_VIDEODR
 W=${WORK:-/tmp/h2h}
 if [ "${SMOKE:-0}" = 1 ]; then
   H2H="--device cpu --seeds 0 --objectives shortcut flow --calib-steps 20 --log-every 5 --train-seconds 4
-       --round-steps 10 --batch-size 16 --episodes 2 --eval-seconds 120 --jobs 2"
+       --round-steps 10 --batch-size 16 --episodes 2 --eval-seconds 600 --jobs 2"
 else
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no GPU'; print(torch.__version__, torch.cuda.get_device_name())"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.csv"
+  P=/tmp/probes && rm -rf "$P" && mkdir -p "$P"  # small probe files, returned inside results.tar.gz
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$P/gpu.csv"
   "$PY" -c "import zarr, hydra, gymnasium, gym_pusht, pymunk, shapely; print('imports ok')" || echo "EVAL IMPORTS FAILED"
   # host waits of a training step: 60 steps, logged and checked every 30, sync debug mode on (each wait
   # torch sees prints a warning, counted per source line: a step's waits are the lines counted about 60
@@ -50,6 +52,16 @@ from shortcut_policy.train.cli import main; main()" train.device=cuda train.step
     > "$OUT/syncs.log" 2>&1; echo "sync probe rc $?; host waits by source line:"
     grep -o '[^ ]*\.py:[0-9]*: UserWarning: called a synchronizing' "$OUT/syncs.log" | sort | uniq -c | sort -rn | head -15
     tail -n 2 /tmp/syncs/metrics.jsonl) || echo "sync probe failed"
+  # the evaluation path on the GPU before the window is spent on it: 2 episodes and the latency probe of
+  # the sync probe's checkpoint (a device mismatch there once failed all 52 evaluations after their episodes)
+  (cd /tmp && timeout 120 "$PY" -c "import sys; sys.argv[0] = 'shortcut-eval'
+from shortcut_policy.eval.cli import main; main()" --checkpoint /tmp/syncs/checkpoints/latest.pt --device cuda \
+    --threads 1 --num-inference-steps 1 --episodes 2 --latency-iters 3 --no-progress --out "$P/preflight.json") \
+    > "$P/preflight.log" 2>&1 || { echo "PREFLIGHT EVALUATION FAILED:"; tail -c 2000 "$P/preflight.log"; exit 1; }
+  echo "preflight evaluation ok"
+  # where a step's time goes: fp32, bf16 autocast and bf16 + torch.compile (CUDA graphs) of the same step
+  timeout 150 "$PY" scripts/bench_precision.py --device cuda --net unet1d_small --batch-size 256 --steps 20 \
+    --rounds 2 --out "$P/precision.json" 2>&1 | grep -v Warning | tail -n 5 || echo "precision bench failed"
   H2H="--device cuda --train-seconds ${TRAIN_SECONDS:-200} --eval-seconds ${EVAL_SECONDS:-220} --eval-grace 80
        --total-seconds $(( ${TOTAL_SECONDS:-560} - SECONDS )) --jobs 15 --latency"
 fi
@@ -57,6 +69,7 @@ rm -rf "$W"
 # shellcheck disable=SC2086
 "$PY" scripts/headtohead.py --out "$W" $H2H 2>&1 | tee "$OUT/headtohead.log" || echo "headtohead failed: see headtohead.log"
 # no checkpoints (a killed calibration run can leave a partial one under checkpoints/)
+[ -d /tmp/probes ] && [ "${SMOKE:-0}" != 1 ] && cp -r /tmp/probes "$W/probes"
 tar czf "$OUT/results.tar.gz" -C "$W" --exclude='checkpoints' --exclude='hydra' .
 "$PY" - "$W" "$OUT" <<'PYEOF'
 import sys

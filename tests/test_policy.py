@@ -213,3 +213,25 @@ def test_endpoint_policy_one_call_returns_the_network_output(kind, param):
     b = p.predict_action_sequence(obs, 1, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a, p.normalizer.unnormalize("action", torch.full((3, 8, 2), 0.25)))
+
+
+def test_example_inputs_are_made_on_the_policys_device():
+    """The latency probes' inputs (``example_obs``, export's ``example_inputs``) live where the network
+    does: on a GPU, host-made observations shifted by the device's normalizer stats raised a device
+    mismatch after a whole evaluation had run. The meta device stands in for a GPU here (its tensors
+    refuse to mix with host tensors just as CUDA's do)."""
+    from shortcut_policy.deploy.export import example_inputs
+    sm = {"obs": {"state": {"shape": [5]}, "keypoint": {"shape": [3, 2]}}, "action": {"shape": [2]}}
+    p = make_policy(shape_meta=sm)
+    host = p.example_obs(batch=3)
+    assert host["state"].shape == (3, 2, 5) and host["keypoint"].shape == (3, 2, 3, 2)
+    mean = p.normalizer.field("state").input_mean.float()
+    assert torch.allclose(host["state"][0, 0], mean)  # at the fitted mean, not at zero
+    obs, noise = example_inputs(p, batch=3)
+    lo, hi = p.normalizer.field("state").input_min, p.normalizer.field("state").input_max
+    assert ((obs["state"] >= lo) & (obs["state"] <= hi)).all() and noise.shape == (3, 8, 2)
+    p.to("meta")
+    for o in (p.example_obs(batch=3), example_inputs(p, batch=3)[0]):
+        assert {k: (v.device.type, tuple(v.shape)) for k, v in o.items()} == {
+            "state": ("meta", (3, 2, 5)), "keypoint": ("meta", (3, 2, 3, 2))}
+    assert example_inputs(p, batch=3)[1].device.type == "meta"

@@ -135,18 +135,20 @@ def example_inputs(policy: ShortcutPolicy, batch: int, seed: int = 0) -> tuple[d
     """Inputs inside the data range (low-dim keys uniform within their fitted limits, images uniform
     uint8), so tracing and verification run the real path."""
     cfg, sm = policy.cfg, policy.shape_meta
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # draws on the host (the same on every device), moved to the policy's
+    dev = policy.device
     obs = {}
     for key, spec in sm.obs.items():
         lead = (batch, cfg.n_obs_steps)
         if spec.type == "rgb":
-            obs[key] = torch.randint(0, 256, (*lead, *spec.shape), generator=g, dtype=torch.uint8)
+            obs[key] = torch.randint(0, 256, (*lead, *spec.shape), generator=g, dtype=torch.uint8).to(dev)
         else:
             field = policy.normalizer.field(key)
-            lo, hi = field.input_min.float(), field.input_max.float()  # (D,)
-            obs[key] = (lo + torch.rand(*lead, spec.dim, generator=g) * (hi - lo)).reshape(*lead, *spec.shape)
+            lo, hi = field.input_min.float().to(dev), field.input_max.float().to(dev)  # (D,)
+            u = torch.rand(*lead, spec.dim, generator=g).to(dev)
+            obs[key] = (lo + u * (hi - lo)).reshape(*lead, *spec.shape)
     noise = torch.randn(batch, cfg.horizon, cfg.action_dim, generator=g)  # (B, H, A)
-    return {k: v.to(policy.device) for k, v in obs.items()}, noise.to(policy.device)
+    return obs, noise.to(dev)
 
 
 def export_policy(policy: ShortcutPolicy, path: str | Path, num_inference_steps: int, sampler: str | None = None,

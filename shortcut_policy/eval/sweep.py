@@ -30,11 +30,12 @@ def sweep(policy, runner, steps_list: Sequence[int] = DEFAULT_STEPS, latency_ite
     for n in steps_list:
         g = torch.Generator().manual_seed(seed)
         vd = f"{video_dir}/steps{n}" if video_dir and n_videos else None
-        res = runner.run(policy.act_fn(n, g, sampler), progress=progress, video_dir=vd, n_videos=n_videos)
-        seeds = [int(x) for x in res.seeds]
+        # latency first: a probe that fails does so before the episodes' minutes are spent
         obs1 = policy.example_obs(batch=1)  # {key: (1, To, *shape)}
         lat = measure_latency(lambda: policy.predict_action_chunk(obs1, n, sampler=sampler), iters=latency_iters,
                               warmup=3, max_seconds=20.0, sync=torch_sync(policy.device))
+        res = runner.run(policy.act_fn(n, g, sampler), progress=progress, video_dir=vd, n_videos=n_videos)
+        seeds = [int(x) for x in res.seeds]
         out[str(n)] = {
             "score": round(res.score, 4), "success": round(res.success, 4),
             "score_sem": round(float(np.std(res.scores) / np.sqrt(max(1, res.n_episodes))), 4),

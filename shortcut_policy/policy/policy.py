@@ -138,13 +138,13 @@ class ShortcutPolicy(nn.Module):
         fitted mean (zeros before fitting), images mid-grey. For latency probes and tracing."""
         out = {}
         for key, x in self.shape_meta.example_obs((batch, self.cfg.n_obs_steps)).items():
-            x = torch.from_numpy(x)
+            x = torch.from_numpy(x).to(self.device)  # made on the host, shifted where the stats live
             if key in self.normalizer.dims and self.normalizer.is_fitted:
                 mean = self.normalizer.field(key).input_mean.float().reshape(self.shape_meta.obs[key].shape)
-                x = x + mean
+                x = x + mean.to(self.device)
             elif self.shape_meta.obs[key].type == "rgb":
                 x = x + 128
-            out[key] = x.to(self.device)
+            out[key] = x
         return out
 
     # ------------------------------------------------------------------ training
