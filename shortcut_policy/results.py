@@ -86,7 +86,8 @@ def read_result(path: str | os.PathLike) -> dict[str, Any]:
 def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``old`` with ``new``'s step entries added (replacing the same step counts).
 
-    Refuses files of another checkpoint, training step, weights, sampler or seed range: their rows
+    Refuses files of another checkpoint, training step, weights, sampler, seed range or number of
+    executed actions per chunk: their rows
     would not be comparable. The original command stays in ``command``; each merge is listed under
     ``merges``.
     """
@@ -94,6 +95,9 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         if old.get(key) != new.get(key):
             raise ResultError(f"merge: {key} differs between the existing file ({old.get(key)!r}) and this "
                               f"evaluation ({new.get(key)!r}); write to another file")
+    if "n_action_steps" in old and "n_action_steps" in new and old["n_action_steps"] != new["n_action_steps"]:
+        raise ResultError(f"merge: n_action_steps differs between the existing file ({old['n_action_steps']}) and "
+                          f"this evaluation ({new['n_action_steps']}); write to another file")
     merged = dict(old)
     steps = {**old.get("steps", {}), **new["steps"]}
     merged["steps"] = {k: steps[k] for k in sorted(steps, key=int)}

@@ -235,3 +235,21 @@ def test_example_inputs_are_made_on_the_policys_device():
         assert {k: (v.device.type, tuple(v.shape)) for k, v in o.items()} == {
             "state": ("meta", (3, 2, 5)), "keypoint": ("meta", (3, 2, 3, 2))}
     assert example_inputs(p, batch=3)[1].device.type == "meta"
+
+
+def test_executed_actions_per_chunk_can_be_changed_for_deployment():
+    p = make_policy()
+    p.eval()
+    obs = O(torch.randn(3, 2, 5) * 10 + 3)
+    full = p.predict_action_chunk(obs, 1, generator=torch.Generator().manual_seed(0))
+    p.set_n_action_steps(2)
+    part = p.predict_action_chunk(obs, 1, generator=torch.Generator().manual_seed(0))
+    assert full.shape == (3, 4, 2) and part.shape == (3, 2, 2)
+    assert torch.equal(part, full[:, :2])  # the same chunk, fewer of its actions executed
+    calls = []
+    p.predict_action_chunk = lambda o, n=None: calls.append(1) or part  # count replans in closed loop
+    for _ in range(6):
+        p.select_action({"state": torch.randn(3, 5)})
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match="horizon .8. must cover n_obs_steps - 1 \\+ n_action_steps .9."):
+        p.set_n_action_steps(8)

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--method", default=None, help="name in the results file (default: the sampler)")
     ap.add_argument("--out", default=None, help="results JSON path (plot beside it)")
     ap.add_argument("--latency-iters", type=int, default=50)
+    ap.add_argument("--n-action-steps", type=int, default=None,
+                    help="actions executed per chunk before the next prediction (default: the checkpoint's)")
     ap.add_argument("--videos", type=int, default=0, help="record this many episodes per step count (H.264 mp4)")
     ap.add_argument("--video-dir", default=None, help="where videos go (default: <out without .json>-videos)")
     ap.add_argument("--max-envs", type=int, default=None,
@@ -57,7 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     policy, run = cli.load_policy(args)
     sampler = cli.check_sampler(policy, args.sampler)
     counts = cli.calls_for(policy, args.num_inference_steps, sampler)
-    task = TaskConfig.from_dict(run["task"])
+    task_cfg = dict(run["task"])
+    if args.n_action_steps is not None:
+        try:
+            policy.set_n_action_steps(args.n_action_steps)
+        except ValueError as e:
+            raise SystemExit(f"--n-action-steps {args.n_action_steps}: {e}") from None
+        task_cfg["n_action_steps"] = args.n_action_steps
+    task = TaskConfig.from_dict(task_cfg)
     train_step = run["checkpoint"]["step"]
     if task.simulated:
         runner = make_runner(task, policy.shape_meta, n_episodes=args.episodes, seed_start=args.seed_start,
@@ -78,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
                         train_steps=train_step, train_command=training_command(args.checkpoint, run),
                         checkpoint=str(args.checkpoint), weights=args.weights, sampler=sampler,
                         objective=run["policy_config"]["objective"], net=run["policy_config"]["net"],
-                        device=str(policy.device), torch_threads=torch.get_num_threads())
+                        device=str(policy.device), torch_threads=torch.get_num_threads(),
+                        n_action_steps=policy.cfg.n_action_steps)
     if args.merge and Path(args.out).exists():
         try:
             result = merge_results(read_result(args.out), result)

@@ -10,6 +10,8 @@ executed chunk starts at the last observed step (index n_obs_steps - 1), as in D
 """
 from __future__ import annotations
 
+import dataclasses
+
 import warnings
 from collections import deque
 from pathlib import Path
@@ -207,6 +209,12 @@ class ShortcutPolicy(nn.Module):
         start = self.cfg.n_obs_steps - 1
         seq = self.predict_action_sequence(obs, num_inference_steps, generator, sampler)
         return seq[:, start:start + self.cfg.n_action_steps]
+
+    def set_n_action_steps(self, n: int) -> None:
+        """Execute ``n`` actions of each predicted chunk before predicting the next (a deployment choice:
+        training predicts the whole horizon either way). Checked as the config checks it; clears the queues."""
+        self.cfg = dataclasses.replace(self.cfg, n_action_steps=int(n))
+        self.reset()
 
     def reset(self) -> None:
         """Clear the observation and action queues (call at every episode start)."""
