@@ -13,8 +13,8 @@
 #   OUT=/tmp/gpu SMOKE=1 bash scripts/gpu_job.sh
 #
 # Steps: the GPU's name; the host waits of a training step (60 steps in CUDA's sync debug mode, counted
-# per source line in $OUT/syncs.log); a 2-episode evaluation with its latency probe on the GPU, which stops
-# the job if it fails; the step time in fp32, bf16 and bf16 + torch.compile (probes/precision.json); the PushT low-dim head-to-head (scripts/headtohead.py: shortcut, flow matching,
+# per source line in $OUT/syncs.log); a 2-episode evaluation with its latency probe on the GPU (if it
+# fails, the head-to-head evaluates on the CPU cores); the step time in fp32, bf16 and bf16 + torch.compile (probes/precision.json); the PushT low-dim head-to-head (scripts/headtohead.py: shortcut, flow matching,
 # MeanFlow and DDPM x 3 training seeds trained side by side, as many steps as TRAIN_SECONDS allow,
 # then 500 held-out episodes each, evaluated by parallel processes) with one-call latency (eager,
 # torch.compile with CUDA graphs); then $OUT/results.tar.gz (evaluations, metrics, logs, no
@@ -53,23 +53,31 @@ from shortcut_policy.train.cli import main; main()" train.device=cuda train.step
     grep -o '[^ ]*\.py:[0-9]*: UserWarning: called a synchronizing' "$OUT/syncs.log" | sort | uniq -c | sort -rn | head -15
     tail -n 2 /tmp/syncs/metrics.jsonl) || echo "sync probe failed"
   # the evaluation path on the GPU before the window is spent on it: 2 episodes and the latency probe of
-  # the sync probe's checkpoint (a device mismatch there once failed all 52 evaluations after their episodes)
-  (cd /tmp && timeout 120 "$PY" -c "import sys; sys.argv[0] = 'shortcut-eval'
+  # the sync probe's checkpoint (a device mismatch there once failed all 52 evaluations after their
+  # episodes); if it fails, the head-to-head evaluates its networks on the CPU cores instead
+  EVAL_DEVICE=cuda
+  if [ -f /tmp/syncs/checkpoints/latest.pt ]; then
+    if (cd /tmp && timeout 120 "$PY" -c "import sys; sys.argv[0] = 'shortcut-eval'
 from shortcut_policy.eval.cli import main; main()" --checkpoint /tmp/syncs/checkpoints/latest.pt --device cuda \
-    --threads 1 --num-inference-steps 1 --episodes 2 --latency-iters 3 --no-progress --out "$P/preflight.json") \
-    > "$P/preflight.log" 2>&1 || { echo "PREFLIGHT EVALUATION FAILED:"; tail -c 2000 "$P/preflight.log"; exit 1; }
-  echo "preflight evaluation ok"
+        --threads 1 --num-inference-steps 1 --episodes 2 --latency-iters 3 --no-progress --out "$P/preflight.json") \
+        > "$P/preflight.log" 2>&1; then echo "preflight evaluation on the GPU ok"
+    else EVAL_DEVICE=cpu; echo "PREFLIGHT EVALUATION ON THE GPU FAILED (evaluating on the CPU):"; tail -c 2000 "$P/preflight.log"; fi
+  fi
   # where a step's time goes: fp32, bf16 autocast and bf16 + torch.compile (CUDA graphs) of the same step
-  timeout 150 "$PY" scripts/bench_precision.py --device cuda --net unet1d_small --batch-size 256 --steps 20 \
-    --rounds 2 --out "$P/precision.json" 2>&1 | grep -v Warning | tail -n 5 || echo "precision bench failed"
-  H2H="--device cuda --train-seconds ${TRAIN_SECONDS:-200} --eval-seconds ${EVAL_SECONDS:-220} --eval-grace 80
-       --total-seconds $(( ${TOTAL_SECONDS:-560} - SECONDS )) --jobs 15 --latency"
+  timeout 120 "$PY" scripts/bench_precision.py --device cuda --net unet1d_small --batch-size 256 --steps 20 \
+    --rounds 1 --out "$P/precision.json" 2>&1 | grep -v Warning | tail -n 5 || echo "precision bench failed"
+  # what is left of the window: calibration (about 70 s), training, then at least 200 s of evaluation
+  LEFT=$(( ${TOTAL_SECONDS:-560} - SECONDS ))
+  TRAIN=${TRAIN_SECONDS:-$(( LEFT - 280 > 60 ? LEFT - 280 : 60 ))}
+  echo "$LEFT s left: training $TRAIN s"
+  H2H="--device cuda --eval-device $EVAL_DEVICE --train-seconds $TRAIN --eval-seconds ${EVAL_SECONDS:-220}
+       --eval-grace 80 --total-seconds $LEFT --jobs 15 --latency"
 fi
 rm -rf "$W"
 # shellcheck disable=SC2086
 "$PY" scripts/headtohead.py --out "$W" $H2H 2>&1 | tee "$OUT/headtohead.log" || echo "headtohead failed: see headtohead.log"
 # no checkpoints (a killed calibration run can leave a partial one under checkpoints/)
-[ -d /tmp/probes ] && [ "${SMOKE:-0}" != 1 ] && cp -r /tmp/probes "$W/probes"
+if [ "${SMOKE:-0}" != 1 ] && [ -d /tmp/probes ]; then mkdir -p "$W" && cp -r /tmp/probes "$W/probes"; fi
 tar czf "$OUT/results.tar.gz" -C "$W" --exclude='checkpoints' --exclude='hydra' .
 "$PY" - "$W" "$OUT" <<'PYEOF'
 import sys

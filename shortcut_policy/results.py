@@ -99,6 +99,8 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         raise ResultError(f"merge: n_action_steps differs between the existing file ({old['n_action_steps']}) and "
                           f"this evaluation ({new['n_action_steps']}); write to another file")
     merged = dict(old)
+    if "n_action_steps" in new:
+        merged["n_action_steps"] = new["n_action_steps"]
     steps = {**old.get("steps", {}), **new["steps"]}
     merged["steps"] = {k: steps[k] for k in sorted(steps, key=int)}
     merged["merges"] = list(old.get("merges", [])) + [

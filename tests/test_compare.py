@@ -197,4 +197,4 @@ def test_merge_adds_step_counts_and_keeps_the_original_command():
         merge_results(old, dict(new, sampler="ddim"))
     with pytest.raises(ResultError, match="n_action_steps differs"):  # shortcut-eval --n-action-steps
         merge_results(dict(old, n_action_steps=8), dict(new, n_action_steps=4))
-    assert merge_results(old, dict(new, n_action_steps=8))["steps"]["1"]  # files from before the field
+    assert merge_results(dict(old, n_action_steps=8), dict(new, n_action_steps=8))["n_action_steps"] == 8

@@ -246,10 +246,13 @@ def test_executed_actions_per_chunk_can_be_changed_for_deployment():
     part = p.predict_action_chunk(obs, 1, generator=torch.Generator().manual_seed(0))
     assert full.shape == (3, 4, 2) and part.shape == (3, 2, 2)
     assert torch.equal(part, full[:, :2])  # the same chunk, fewer of its actions executed
-    calls = []
-    p.predict_action_chunk = lambda o, n=None: calls.append(1) or part  # count replans in closed loop
-    for _ in range(6):
-        p.select_action({"state": torch.randn(3, 5)})
-    assert len(calls) == 3
+    calls, orig = [], p.predict_action_chunk
+    p.predict_action_chunk = lambda *a, **k: calls.append(1) or orig(*a, **k)  # count replans in closed loop
+    for n_act in (2, 4):
+        p.set_n_action_steps(n_act)
+        calls.clear()
+        for _ in range(8):
+            p.select_action({"state": torch.randn(3, 5)})
+        assert len(calls) == 8 // n_act
     with pytest.raises(ValueError, match="horizon .8. must cover n_obs_steps - 1 \\+ n_action_steps .9."):
         p.set_n_action_steps(8)

@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> None:
                         n_action_steps=policy.cfg.n_action_steps)
     if args.merge and Path(args.out).exists():
         try:
-            result = merge_results(read_result(args.out), result)
+            old = read_result(args.out)
+            # a file from before the field was played with the checkpoint's own number of executed actions
+            old.setdefault("n_action_steps", run["policy_config"]["n_action_steps"])
+            result = merge_results(old, result)
         except ResultError as e:
             raise SystemExit(str(e)) from None
     print(format_table(result) if kind == "sweep" else format_offline_table(result))

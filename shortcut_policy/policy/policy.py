@@ -212,7 +212,8 @@ class ShortcutPolicy(nn.Module):
 
     def set_n_action_steps(self, n: int) -> None:
         """Execute ``n`` actions of each predicted chunk before predicting the next (a deployment choice:
-        training predicts the whole horizon either way). Checked as the config checks it; clears the queues."""
+        training predicts the whole horizon either way). Checked as the config checks it; clears the queues.
+        Call it before exporting or building a controller: those copy the value when they are made."""
         self.cfg = dataclasses.replace(self.cfg, n_action_steps=int(n))
         self.reset()
 
