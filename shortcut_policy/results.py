@@ -87,20 +87,15 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``old`` with ``new``'s step entries added (replacing the same step counts).
 
     Refuses files of another checkpoint, training step, weights, sampler, seed range or number of
-    executed actions per chunk: their rows
-    would not be comparable. The original command stays in ``command``; each merge is listed under
+    executed actions per chunk: their rows would not be comparable. The original command stays in ``command``; each merge is listed under
     ``merges``.
     """
-    for key in ("kind", "task", "method", "checkpoint", "train_steps", "weights", "sampler", "episodes", "seeds"):
+    for key in ("kind", "task", "method", "checkpoint", "train_steps", "weights", "sampler", "episodes", "seeds",
+                "n_action_steps"):
         if old.get(key) != new.get(key):
             raise ResultError(f"merge: {key} differs between the existing file ({old.get(key)!r}) and this "
                               f"evaluation ({new.get(key)!r}); write to another file")
-    if "n_action_steps" in old and "n_action_steps" in new and old["n_action_steps"] != new["n_action_steps"]:
-        raise ResultError(f"merge: n_action_steps differs between the existing file ({old['n_action_steps']}) and "
-                          f"this evaluation ({new['n_action_steps']}); write to another file")
     merged = dict(old)
-    if "n_action_steps" in new:
-        merged["n_action_steps"] = new["n_action_steps"]
     steps = {**old.get("steps", {}), **new["steps"]}
     merged["steps"] = {k: steps[k] for k in sorted(steps, key=int)}
     merged["merges"] = list(old.get("merges", [])) + [

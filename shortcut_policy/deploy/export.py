@@ -144,7 +144,7 @@ def example_inputs(policy: ShortcutPolicy, batch: int, seed: int = 0) -> tuple[d
             obs[key] = torch.randint(0, 256, (*lead, *spec.shape), generator=g, dtype=torch.uint8).to(dev)
         else:
             field = policy.normalizer.field(key)
-            lo, hi = field.input_min.float().to(dev), field.input_max.float().to(dev)  # (D,)
+            lo, hi = field.input_min.float(), field.input_max.float()  # (D,), on the policy's device
             u = torch.rand(*lead, spec.dim, generator=g).to(dev)
             obs[key] = (lo + u * (hi - lo)).reshape(*lead, *spec.shape)
     noise = torch.randn(batch, cfg.horizon, cfg.action_dim, generator=g)  # (B, H, A)

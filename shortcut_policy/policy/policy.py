@@ -11,7 +11,6 @@ executed chunk starts at the last observed step (index n_obs_steps - 1), as in D
 from __future__ import annotations
 
 import dataclasses
-
 import warnings
 from collections import deque
 from pathlib import Path
@@ -140,10 +139,10 @@ class ShortcutPolicy(nn.Module):
         fitted mean (zeros before fitting), images mid-grey. For latency probes and tracing."""
         out = {}
         for key, x in self.shape_meta.example_obs((batch, self.cfg.n_obs_steps)).items():
-            x = torch.from_numpy(x).to(self.device)  # made on the host, shifted where the stats live
+            x = torch.from_numpy(x).to(self.device)  # made on the host, shifted on the device (the stats' place)
             if key in self.normalizer.dims and self.normalizer.is_fitted:
                 mean = self.normalizer.field(key).input_mean.float().reshape(self.shape_meta.obs[key].shape)
-                x = x + mean.to(self.device)
+                x = x + mean
             elif self.shape_meta.obs[key].type == "rgb":
                 x = x + 128
             out[key] = x
