@@ -87,8 +87,8 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``old`` with ``new``'s step entries added (replacing the same step counts).
 
     Refuses files of another checkpoint, training step, weights, sampler, seed range or number of
-    executed actions per chunk: their rows would not be comparable. The original command stays in ``command``; each merge is listed under
-    ``merges``.
+    executed actions per chunk: their rows would not be comparable. The original command stays in
+    ``command``; each merge is listed under ``merges``.
     """
     for key in ("kind", "task", "method", "checkpoint", "train_steps", "weights", "sampler", "episodes", "seeds",
                 "n_action_steps"):
