@@ -14,14 +14,29 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the OS reports it (Linux: /proc/cpuinfo), '' where it says none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def machine_description() -> str:
-    """e.g. '2-core CPU (x86_64), torch 2.13.0+cpu, 2 threads' or the GPU name."""
+    """e.g. '2-core CPU (AMD EPYC, x86_64, AVX2), torch 2.13.0+cpu, 2 threads' or the GPU name.
+
+    The CPU's model and the vector extension torch's kernels run with are named because two 2-core
+    machines of this project ran the same DiT training 4.4x apart (4.8 against 1.1 steps/s)."""
     import torch
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} GPU, torch {torch.__version__}"
-    return (f"{os.cpu_count()}-core CPU ({platform.machine()}), torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    parts = [p for p in (cpu_model(), platform.machine(), torch.backends.cpu.get_cpu_capability()) if p]
+    return f"{os.cpu_count()}-core CPU ({', '.join(parts)}), torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def command_line() -> str:
