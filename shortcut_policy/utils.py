@@ -7,6 +7,7 @@ import os
 import platform
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -14,23 +15,44 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def cpu_model() -> str:
-    """The CPU's model name as the OS reports it (Linux: /proc/cpuinfo), '' where it says none."""
+def cpu_model(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The CPU's model as the OS reports it, '' where it reports none.
+
+    Linux: the first processor's ``model name`` of /proc/cpuinfo with its family and model numbers
+    (virtual machines often show a generic name, e.g. 'AMD EPYC', for CPUs generations apart: the
+    numbers tell them apart); macOS: ``sysctl machdep.cpu.brand_string``; elsewhere
+    ``platform.processor()`` unless it only repeats the architecture."""
     try:
-        with open("/proc/cpuinfo") as f:
+        fields: dict[str, str] = {}
+        with open(cpuinfo) as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip().lower(), value.strip())
+        name = fields.get("model name", "")
+        if name:
+            numbers = [f"{k} {fields[k]}" for k in ("cpu family", "model") if fields.get(k)]
+            return f"{name} ({', '.join(numbers)})" if numbers else name
     except OSError:
         pass
-    return platform.processor()
+    if sys.platform == "darwin":
+        try:
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    proc = platform.processor().replace(",", "")
+    return "" if proc in ("", platform.machine()) else proc
 
 
 def machine_description() -> str:
-    """e.g. '2-core CPU (AMD EPYC, x86_64, AVX2), torch 2.13.0+cpu, 2 threads' or the GPU name.
+    """e.g. '2-core CPU (AMD EPYC (cpu family 23, model 1), x86_64, AVX2), torch 2.13.0+cpu, 2 threads' or the
+    GPU name.
 
     The CPU's model and the vector extension torch's kernels run with are named because two 2-core
-    machines of this project ran the same DiT training 4.4x apart (4.8 against 1.1 steps/s)."""
+    machines of this project, both reporting 'AMD EPYC', trained the same MNIST DiT about 4.4x apart
+    (4.8 against 0.9-1.1 steps/s, docs/mnist.md)."""
     import torch
 
     if torch.cuda.is_available():

@@ -77,17 +77,3 @@ def test_outcome_bars_for_tasks_with_several_answers(tmp_path):
     with pytest.raises(ValueError, match="no results with outcome_shares"):
         plot_outcomes({"x": {"steps": {"1": {"score": 0.5}}}}, str(tmp_path / "none.png"))
 
-
-def test_machine_description_names_the_cpu_model_and_its_kernels(monkeypatch):
-    import torch
-
-    from shortcut_policy import utils
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(utils, "cpu_model", lambda: "Some CPU 9000")
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    text = utils.machine_description()
-    assert text.startswith(f"{__import__('os').cpu_count()}-core CPU (Some CPU 9000, ")
-    assert "AVX512" in text and f"torch {torch.__version__}" in text
-    monkeypatch.setattr(utils, "cpu_model", lambda: "")  # an OS that names no model: left out, no empty slot
-    assert "(, " not in utils.machine_description()
