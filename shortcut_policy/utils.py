@@ -7,7 +7,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -20,8 +19,8 @@ def cpu_model(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
 
     Linux: the first processor's ``model name`` of /proc/cpuinfo with its family and model numbers
     (virtual machines often show a generic name, e.g. 'AMD EPYC', for CPUs generations apart: the
-    numbers tell them apart); macOS: ``sysctl machdep.cpu.brand_string``; elsewhere
-    ``platform.processor()`` unless it only repeats the architecture."""
+    numbers tell them apart); elsewhere ``platform.processor()`` unless it only repeats the
+    architecture."""
     try:
         fields: dict[str, str] = {}
         with open(cpuinfo) as f:
@@ -36,12 +35,6 @@ def cpu_model(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
             return f"{name} ({', '.join(numbers)})" if numbers else name
     except OSError:
         pass
-    if sys.platform == "darwin":
-        try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                  timeout=5).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
     proc = platform.processor().replace(",", "")
     return "" if proc in ("", platform.machine()) else proc
 

@@ -76,4 +76,3 @@ def test_outcome_bars_for_tasks_with_several_answers(tmp_path):
     assert (tmp_path / "mt.png").stat().st_size > 0
     with pytest.raises(ValueError, match="no results with outcome_shares"):
         plot_outcomes({"x": {"steps": {"1": {"score": 0.5}}}}, str(tmp_path / "none.png"))
-

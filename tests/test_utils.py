@@ -30,7 +30,6 @@ def test_cpu_model_reads_the_first_processor_with_its_family_and_model(tmp_path)
 
 
 def test_cpu_model_without_cpuinfo_never_repeats_the_architecture(tmp_path, monkeypatch):
-    monkeypatch.setattr(utils.sys, "platform", "linux")
     monkeypatch.setattr(platform, "processor", lambda: platform.machine())
     assert utils.cpu_model(tmp_path / "missing") == ""
     monkeypatch.setattr(platform, "processor", lambda: "Intel64 Family 6 Model 85, GenuineIntel")
