@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from shortcut_policy.eval.consistency import by_step_count, format_diagnostics, pick_windows, step_diagnostics, target_range
+from shortcut_policy.eval.consistency import (by_step_count, format_diagnostics, meanflow_terms, pick_windows,
+                                              step_diagnostics, target_range)
 from shortcut_policy.core.config import objective_config
 from shortcut_policy.policy import PolicyConfig, ShortcutPolicy
 
@@ -21,10 +22,10 @@ class Contract(nn.Module):
         return -x
 
 
-def policy_with(net: nn.Module) -> ShortcutPolicy:
+def policy_with(net: nn.Module, kind: str = "flow") -> ShortcutPolicy:
     cfg = PolicyConfig(shape_meta={"obs": {"s": {"shape": [3]}}, "action": {"shape": [2]}}, horizon=4,
                        n_obs_steps=2, n_action_steps=2,
-                       objective=objective_config({"kind": "flow"}), net="unet1d",
+                       objective=objective_config({"kind": kind}), net="unet1d",
                        net_kwargs={"down_dims": [8, 16], "emb_dim": 16})
     p = ShortcutPolicy(cfg)
     g = torch.Generator().manual_seed(0)
@@ -124,3 +125,23 @@ def test_target_range_counts_what_clipping_would_touch():
     assert 0.2 < target_range(policy_with(Const(1.0)), windows(), threshold=1.0)["flow_target_beyond"] < 0.9
     with pytest.raises(ValueError, match="threshold"):
         target_range(policy_with(Const(1.0)), windows(), threshold=0)
+
+
+class SteepInD(Contract):
+    """u = -x + 5 d: du/dd = 5 everywhere, du/dt = 0, v.du/dx = -v."""
+
+    def forward(self, x, t, d, cond):
+        return -x + 5 * d.view(-1, 1, 1)
+
+
+def test_meanflow_terms_measure_each_derivative():
+    terms = meanflow_terms(policy_with(SteepInD(), "meanflow"), windows(8), n_noise=16)
+    for where in ("interval_rows", "one_step"):
+        row = terms[where]
+        assert row["du/dd"] == pytest.approx(5.0) and row["du/dt"] == 0.0
+        assert row["v.du/dx"] == pytest.approx(row["v"], rel=1e-5)
+    assert terms["interval_rows"]["rows"] == 32  # a quarter of 8 x 16 draws has an interval
+    # at t = 0, d = 1 the target's extra part is -v - 5 and the target itself v + (-v - 5) = -5
+    assert terms["one_step"]["target"] == pytest.approx(5.0) and terms["one_step"]["rows"] == 128
+    with pytest.raises(ValueError, match="MeanFlow"):
+        meanflow_terms(policy_with(Contract()), windows())

@@ -47,3 +47,18 @@ def test_embedding_none_ignores_d_and_errors():
         TimeStepEmbedding(16, d_embedding="scaled")  # not a d code
     with pytest.raises(ValueError, match="shape"):
         TimeStepEmbedding(16)(torch.rand(4), torch.rand(3))
+
+
+def test_unit_d_code_keeps_the_d_features_slow():
+    """"unit" feeds d unscaled: every d feature moves at most 1 per unit of d, where "linear" (d on
+    the t scale) moves up to t_scale = 1000; both still tell d = 0 from d = 1/16."""
+    from torch.func import jvp
+
+    d = torch.linspace(0, 1, 33)
+    for kind, bound in (("unit", 1.0), ("linear", 1000.0)):
+        emb = TimeStepEmbedding(16, d_embedding=kind)
+        feats = lambda dd: emb.d_freq(emb.d_code(dd))  # noqa: E731
+        slope = jvp(feats, (d,), (torch.ones_like(d),))[1].abs().max().item()
+        assert slope <= bound * (1 + 1e-5) and slope > bound / 2
+        t = torch.full((2,), 0.5)
+        assert not torch.allclose(emb(t, torch.zeros(2)), emb(t, torch.full((2,), 1 / 16)))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from shortcut_policy.core.config import MeanFlowConfig, make_objective, objective_config
-from shortcut_policy.core.meanflow import MeanFlowObjective, meanflow_target
+from shortcut_policy.core.meanflow import MeanFlowObjective, identity_terms, meanflow_target
 
 
 def _batch(n=7, dim=3, seed=0):
@@ -50,6 +50,20 @@ def test_a_wrong_average_is_not_its_own_target():
     assert (target - u).abs().max() > 0.05
 
 
+def test_identity_terms_split_the_bracket():
+    """Each term is its own derivative, and together they rebuild meanflow_target's bracket."""
+    x, t, d = _batch()
+    a = torch.randn(3, 3, dtype=torch.float64)
+    fn = lambda x, t, d: torch.tanh(x @ a) * (1 + t[:, None] ** 2) + 3 * d[:, None] ** 2  # noqa: E731
+    v = torch.randn_like(x)
+    parts = identity_terms(fn, x, t, d, v)
+    torch.testing.assert_close(parts["du/dd"], (6 * d[:, None]).expand_as(x))
+    torch.testing.assert_close(parts["du/dt"], torch.tanh(x @ a) * 2 * t[:, None])
+    u, target = meanflow_target(fn, x, t, d, v)
+    bracket = parts["v.du/dx"] + parts["du/dt"] - parts["du/dd"]
+    torch.testing.assert_close(target, v + d[:, None] * bracket)
+
+
 def test_times_intervals_and_config():
     obj = MeanFlowObjective(16, interval_fraction=0.25)
     t, d = obj.times(400, torch.Generator().manual_seed(0))
@@ -63,6 +77,35 @@ def test_times_intervals_and_config():
         objective_config({"kind": "meanflow", "interval_fraction": 0.0})
     with pytest.raises(ValueError, match="do not apply to kind 'meanflow'"):
         objective_config({"kind": "meanflow", "consistency_weight": 4.0})
+
+
+def test_grid_fraction_puts_that_share_of_the_intervals_on_the_sampler_grid():
+    """grid_fraction = 0.5: half the interval rows are the cells a 1, 2, ..., M-step sampler steps
+    through (d = 2^-j, every level drawn, t a multiple of d); the rest are logit-normal as before."""
+    obj = MeanFlowObjective(16, interval_fraction=0.25, grid_fraction=0.5)
+    t, d = obj.times(4000, torch.Generator().manual_seed(0))
+    grid_t, grid_d = t[:500], d[:500]
+    assert set(grid_d.tolist()) == {1.0, 0.5, 0.25, 0.125, 0.0625}  # every level, d = 1 included
+    assert torch.equal(torch.remainder(grid_t, grid_d), torch.zeros(500, dtype=torch.float64))
+    assert (grid_t + grid_d <= 1).all() and (grid_t[grid_d == 1.0] == 0).all()
+    free_d = d[500:1000]
+    assert ((free_d > 0) & (free_d < 1)).all() and len(set(free_d.tolist())) == 500  # continuous draws
+    assert (d[1000:] == 0).all()
+    # the default draws no grid rows, and the logit-normal almost never reaches a one-step interval
+    t0, d0 = MeanFlowObjective(16).times(4000, torch.Generator().manual_seed(0))
+    assert (d0 > 0.9).sum() < 5 and (d[:500] == 1.0).sum() > 60
+    assert objective_config({"kind": "meanflow", "grid_fraction": 0.5}).grid_fraction == 0.5
+    assert make_objective({"kind": "meanflow", "grid_fraction": 0.5}).grid_fraction == 0.5
+    with pytest.raises(ValueError, match="grid_fraction"):
+        objective_config({"kind": "meanflow", "grid_fraction": 1.5})
+
+
+def test_d_embedding_reaches_the_network_and_refuses_codes_not_smooth_in_d():
+    obj = make_objective({"kind": "meanflow", "d_embedding": "unit"})
+    assert obj.net_d_embedding == "unit" and obj.describe()["d_embedding"] == "unit"
+    assert make_objective({"kind": "meanflow"}).net_d_embedding == "linear"  # the default, older checkpoints
+    with pytest.raises(ValueError, match="d_embedding"):
+        objective_config({"kind": "meanflow", "d_embedding": "log2"})  # not defined at d = 0
 
 
 def test_loss_runs_the_jvp_on_the_interval_rows_only_and_equals_the_whole_batch_target():

@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
+from .embeddings import SMOOTH_D_EMBEDDINGS
 from .schedule import check_max_steps
 
 KINDS = ("shortcut", "flow", "meanflow", "ddpm", "ddim")
@@ -87,12 +88,16 @@ class MeanFlowConfig:
     max_inference_steps: the sampler's finest step 1/M (training covers every d).
     interval_fraction: share of each batch with an interval (d > 0); the rest is flow matching (the paper's 1/4).
     time_mu, time_sigma: logit-normal times (the paper's, in this package's time direction).
+    grid_fraction: share of the interval rows drawn on the sampler's dyadic grid instead (0: the paper's).
+    d_embedding: how the network sees d, "linear" (on the t scale) or "unit" (unscaled); see core.embeddings.
     """
     kind: str = "meanflow"
     max_inference_steps: int = 16
     interval_fraction: float = 0.25
     time_mu: float = 0.4
     time_sigma: float = 1.0
+    grid_fraction: float = 0.0
+    d_embedding: str = "linear"
 
     def __post_init__(self):
         _check_kind(self, ("meanflow",))
@@ -104,6 +109,10 @@ class MeanFlowConfig:
             raise ValueError(f"objective.interval_fraction must be in (0, 1], got {self.interval_fraction}")
         if not self.time_sigma > 0:
             raise ValueError(f"objective.time_sigma must be positive, got {self.time_sigma}")
+        if not 0.0 <= self.grid_fraction <= 1.0:
+            raise ValueError(f"objective.grid_fraction must be in [0, 1], got {self.grid_fraction}")
+        if self.d_embedding not in SMOOTH_D_EMBEDDINGS:
+            raise ValueError(f"objective.d_embedding must be one of {SMOOTH_D_EMBEDDINGS}, got {self.d_embedding!r}")
 
 
 @dataclass
@@ -168,7 +177,8 @@ def make_objective(cfg: ObjectiveConfig | dict[str, Any]):
     if isinstance(cfg, DiffusionConfig):
         return DiffusionObjective(num_train_timesteps=cfg.num_train_timesteps, sampler=cfg.kind)
     if isinstance(cfg, MeanFlowConfig):
-        return MeanFlowObjective(cfg.max_inference_steps, cfg.interval_fraction, cfg.time_mu, cfg.time_sigma)
+        return MeanFlowObjective(cfg.max_inference_steps, cfg.interval_fraction, cfg.time_mu, cfg.time_sigma,
+                                 cfg.grid_fraction, cfg.d_embedding)
     frac = cfg.consistency_fraction if isinstance(cfg, ShortcutConfig) else 0.0
     weight = cfg.consistency_weight if isinstance(cfg, ShortcutConfig) else 1.0
     return ShortcutObjective(cfg.max_inference_steps, frac, consistency_weight=weight,

@@ -10,6 +10,9 @@ DiT), so both are folded into one conditioning vector here:
   scaled to the t range did worse at one call on PushT: docs/pusht.md);
 - ``"linear"``: d itself on the t scale, smooth in d and defined at d = 0, for MeanFlow, which
   trains on any d in [0, 1 - t] and differentiates the network with respect to d;
+- ``"unit"``: d itself unscaled (every sinusoid argument at most 1, so the features are nearly
+  linear in d and the network's du/dd is not stretched by t_scale), as the DiT embedding of the
+  MeanFlow paper's SiT backbone sees its times; a MeanFlow option (docs/objectives.md);
 - ``"none"``: d is ignored (plain flow matching / diffusion baselines).
 """
 from __future__ import annotations
@@ -19,7 +22,8 @@ import math
 import torch
 from torch import nn
 
-D_EMBEDDINGS = ("log2", "linear", "none")
+D_EMBEDDINGS = ("log2", "linear", "unit", "none")
+SMOOTH_D_EMBEDDINGS = ("linear", "unit")  # smooth in d and defined at d = 0: what a JVP in d needs (MeanFlow)
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -71,9 +75,11 @@ class TimeStepEmbedding(nn.Module):
             self.d_mlp = _mlp(freq_dim, dim)
 
     def d_code(self, d: torch.Tensor) -> torch.Tensor:
-        """The scalar that enters the d sinusoid, on the same scale as t * t_scale."""
+        """The scalar that enters the d sinusoid (on the scale of t * t_scale except for "unit")."""
         if self.d_embedding == "linear":
             return d * self.t_scale
+        if self.d_embedding == "unit":
+            return d
         level = -torch.log2(d.clamp_min(2.0 ** -30))  # 0 for d=1, log2(M) for d=1/M
         return level / max(self.max_level, 1) * self.t_scale
 

@@ -19,7 +19,9 @@ matching, which MeanFlow keeps for most of each batch.
 
 Times: t and the far end are drawn from a logit-normal (mean ``time_mu``, std ``time_sigma``; the
 paper's (-0.4, 1.0) in its reversed time is (+0.4, 1.0) here); a share ``interval_fraction`` of the
-batch gets an interval (t, r sorted), the rest d = 0. The primal output of the JVP is the prediction
+batch gets an interval (t, r sorted), the rest d = 0. Optionally a share ``grid_fraction`` of the
+interval rows is drawn on the sampler's dyadic grid instead (the cells a few-step sampler steps
+through, which the logit-normal draws almost never reach near t = 0). The primal output of the JVP is the prediction
 (its gradient reaches the weights); only the interval rows take the forward pass with tangents, the
 d = 0 rows (flow matching, target v) a plain one. Each example's squared error is weighted by
 1 / (its own error + 1e-3), held fixed (the paper's adaptive loss, power 1): without it the JVP's
@@ -31,7 +33,8 @@ from typing import Any
 
 import torch
 
-from .objective import ShortcutObjective, index_cond
+from .embeddings import SMOOTH_D_EMBEDDINGS
+from .objective import ShortcutObjective, dyadic_cells, index_cond
 from .sampler import VelocityFn, randn, to_device
 
 
@@ -49,6 +52,19 @@ def meanflow_target(fn, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, v: to
     return u, (v + d.view(shape) * du).detach()
 
 
+def identity_terms(fn, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The three parts of the MeanFlow bracket at a batch, each its own JVP (no gradient):
+    ``v.du/dx``, ``du/dt`` and ``du/dd``; the target is v + d (v.du/dx + du/dt - du/dd). A diagnostic:
+    which input the network's average velocity is steep in when the interval targets grow."""
+    from torch.func import jvp
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    z, one = torch.zeros_like, torch.ones_like
+    tangents = {"v.du/dx": (v, z(t), z(d)), "du/dt": (z(x), one(t), z(d)), "du/dd": (z(x), z(t), one(d))}
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+        return {k: jvp(fn, (x, t, d), tan)[1] for k, tan in tangents.items()}
+
+
 ADAPTIVE_C = 1e-3  # the paper's constant in w = 1 / (err + c)
 
 
@@ -57,10 +73,16 @@ class MeanFlowObjective(ShortcutObjective):
     (``max_steps`` = M: the sampler's finest step is 1/M; training covers every d in [0, 1 - t])."""
 
     def __init__(self, max_steps: int = 16, interval_fraction: float = 0.25, time_mu: float = 0.4,
-                 time_sigma: float = 1.0):
+                 time_sigma: float = 1.0, grid_fraction: float = 0.0, d_embedding: str = "linear"):
         super().__init__(max_steps, consistency_fraction=0.0)
         if not 0.0 < interval_fraction <= 1.0:
             raise ValueError(f"interval_fraction must be in (0, 1], got {interval_fraction}")
+        if not 0.0 <= grid_fraction <= 1.0:
+            raise ValueError(f"grid_fraction must be in [0, 1], got {grid_fraction}")
+        self.grid_fraction = float(grid_fraction)
+        if d_embedding not in SMOOTH_D_EMBEDDINGS:
+            raise ValueError(f"d_embedding must be one of {SMOOTH_D_EMBEDDINGS}, got {d_embedding!r}")
+        self.d_embedding = d_embedding
         if not time_sigma > 0:
             raise ValueError(f"time_sigma must be positive, got {time_sigma}")
         self.interval_fraction, self.time_mu, self.time_sigma = float(interval_fraction), float(time_mu), float(time_sigma)
@@ -75,20 +97,26 @@ class MeanFlowObjective(ShortcutObjective):
 
     @property
     def net_d_embedding(self) -> str:
-        return "linear"  # smooth in d, defined at d = 0: the JVP differentiates it
+        return self.d_embedding  # smooth in d, defined at d = 0: the JVP differentiates it
 
     @property
     def default_inference_steps(self) -> int:
         return 1
 
     def times(self, B: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(t, d), (B,) each in float64: logit-normal times, an interval for ``interval_fraction`` of them."""
+        """(t, d), (B,) each in float64: logit-normal times, an interval for ``interval_fraction`` of them
+        (the first rows); the first ``grid_fraction`` of those sit on the sampler's grid instead (d = 2^-j,
+        j uniform in 0..log2(M), t a multiple of d: the jumps a 1, 2, ..., M-step sampler takes)."""
         z = torch.randn(2, B, generator=generator, dtype=torch.float64) * self.time_sigma + self.time_mu
         a, b = torch.sigmoid(z)
         t, r = torch.minimum(a, b), torch.maximum(a, b)
         n = int(round(self.interval_fraction * B))
         d = torch.zeros(B, dtype=torch.float64)
         d[:n] = (r - t)[:n]
+        ng = int(round(self.grid_fraction * n))
+        if ng:
+            levels = torch.randint(0, self.n_levels + 1, (ng,), generator=generator)
+            t[:ng], d[:ng] = dyadic_cells(levels, generator)
         return t, d
 
     def loss(self, model: VelocityFn, x1: torch.Tensor, cond: Any = None, teacher: VelocityFn | None = None,
@@ -127,4 +155,5 @@ class MeanFlowObjective(ShortcutObjective):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "max_inference_steps": self.max_steps, "interval_fraction": self.interval_fraction,
-                "time_mu": self.time_mu, "time_sigma": self.time_sigma}
+                "time_mu": self.time_mu, "time_sigma": self.time_sigma, "grid_fraction": self.grid_fraction,
+                "d_embedding": self.d_embedding}

@@ -57,6 +57,15 @@ def _detach(cond: Any) -> Any:
 PARAMETERIZATIONS = ("velocity", "endpoint")
 
 
+def dyadic_cells(levels: torch.Tensor, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampler's grid at per-example levels j (n,): (t, size) in float64, size = 2^-j and t a
+    uniformly drawn multiple of it in [0, 1 - size]; the cells a j-level sampler steps through."""
+    n_cells = (2 ** levels).to(torch.float64)
+    cell = torch.floor(torch.rand(levels.shape[0], generator=generator, dtype=torch.float64) * n_cells)
+    return cell / n_cells, 1.0 / n_cells
+
+
 def endpoint_velocity(model: VelocityFn) -> VelocityFn:
     """A network that returns the endpoint estimate x^ as a velocity function: (x^ - x_t) / (1 - t).
 
@@ -190,11 +199,9 @@ class ShortcutObjective:
         nb = 0 if self.flow_only else self.n_consistency(B, generator)
         if nb:
             # consistency part: target step 2d = 2^-j, t a multiple of 2d
-            j = self.sample_levels(nb, generator)  # (nb,)
-            n_cells = (2 ** j).to(torch.float64)  # 1 / (2d)
-            cell = torch.floor(torch.rand(nb, generator=generator, dtype=torch.float64) * n_cells)
-            t[:nb] = to_device(cell / n_cells, dev, dt)
-            d[:nb] = to_device(1.0 / n_cells, dev, dt)
+            t_c, size = dyadic_cells(self.sample_levels(nb, generator), generator)  # size = 2d
+            t[:nb] = to_device(t_c, dev, dt)
+            d[:nb] = to_device(size, dev, dt)
         x_t = (1 - t.view(bshape)) * x0 + t.view(bshape) * x1  # (B, ...)
         target = x1 - x0  # (B, ...)
 

@@ -128,15 +128,18 @@ def diagnose_main(argv: list[str] | None = None) -> None:
     ap.add_argument("--split", choices=["val", "train"], default="val")
     ap.add_argument("--target-range", type=float, default=None, metavar="C",
                     help="also measure how often consistency targets leave [-C, C]")
+    ap.add_argument("--meanflow-terms", action="store_true",
+                    help="MeanFlow checkpoints: also measure how steep the network is in x, t and d (the identity's terms)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.names and len(args.names) != len(args.checkpoint):
         raise SystemExit(f"--names has {len(args.names)} entries for {len(args.checkpoint)} checkpoints")
     from ..task import TaskConfig, make_dataset
-    from .consistency import by_step_count, format_diagnostics, pick_windows, step_diagnostics, target_range
+    from .consistency import (by_step_count, format_diagnostics, meanflow_terms, pick_windows, step_diagnostics,
+                              target_range)
 
     counts = args.num_inference_steps or [1, 2, 4, 8, 16]
-    results, ranges, windows, task = {}, {}, None, None
+    results, ranges, terms, windows, task = {}, {}, {}, None, None
     for i, ckpt in enumerate(args.checkpoint):
         policy, run = cli.load_policy(args, ckpt)
         name = args.names[i] if args.names else f"{policy.objective.kind}:{ckpt}"
@@ -153,6 +156,10 @@ def diagnose_main(argv: list[str] | None = None) -> None:
         results[name]["checkpoint"] = str(ckpt)
         if args.target_range is not None:
             ranges[name] = target_range(policy, windows, args.target_range, args.noise)
+        if args.meanflow_terms:
+            terms[name] = meanflow_terms(policy, windows, args.noise)
+            for where, row in terms[name].items():
+                print(f"{name} {where}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()))
     print(format_diagnostics(results))
     if args.out:
         write_result(args.out, result_doc(
@@ -160,7 +167,7 @@ def diagnose_main(argv: list[str] | None = None) -> None:
             windows=args.windows, n_noise=args.noise, ref_steps={n: r["ref_steps"] for n, r in results.items()},
             checkpoints={n: r["checkpoint"] for n, r in results.items()},
             demo_roughness={n: r["demo_roughness"] for n, r in results.items()},
-            **({"target_range": ranges} if ranges else {})))
+            **({"target_range": ranges} if ranges else {}), **({"meanflow_terms": terms} if terms else {})))
 
 
 FINALS_DOC = """Where closed-loop episodes ended (shortcut_policy/eval/finals.py): from evaluations that recorded

@@ -126,6 +126,47 @@ def target_range(policy, windows: Sequence[dict[str, torch.Tensor]], threshold: 
     return out
 
 
+def meanflow_terms(policy, windows: Sequence[dict[str, torch.Tensor]], n_noise: int = 8, seed: int = 0
+                   ) -> dict[str, Any]:
+    """How steep a MeanFlow network is in each input of its identity (``core.meanflow.identity_terms``).
+
+    RMS in normalized action units of v.du/dx, du/dt, du/dd, the bracket times d (the part of the
+    target that is not v), the target and the prediction u, on the training windows' interval rows as
+    the objective draws them (``times``), and at the one-step cell (t = 0, d = 1), which the default
+    logit-normal draws never reach. A d term far above the others marks targets the network feeds
+    itself through its own steepness in d."""
+    from ..core.meanflow import identity_terms
+
+    if policy.objective.kind != "meanflow":
+        raise ValueError(f"meanflow_terms applies to MeanFlow policies, not {policy.objective.kind!r}")
+    obs, demo = stack_windows(windows)
+    policy.eval()
+    with torch.no_grad():
+        cond = policy.encode_obs(policy.prepare_obs(obs)).repeat_interleave(n_noise, dim=0)  # (n, C)
+        x1 = policy.normalizer.normalize("action", demo).repeat_interleave(n_noise, dim=0)  # (n, H, A)
+    n = x1.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(x1.shape, generator=g).to(x1)
+    t, d = policy.objective.times(n, g)
+    interval = d > 0
+    draws = {"interval_rows": (t.to(x1), d.to(x1), interval),
+             "one_step": (torch.zeros(n).to(x1), torch.ones(n).to(x1), torch.ones(n, dtype=torch.bool))}
+    rms = lambda a: float(a.pow(2).mean().sqrt())  # noqa: E731
+    out: dict[str, Any] = {}
+    for name, (tt, dd, rows) in draws.items():
+        tt, dd, xa, xb, c = tt[rows], dd[rows], x0[rows], x1[rows], cond[rows]
+        x_t = (1 - tt.view(-1, 1, 1)) * xa + tt.view(-1, 1, 1) * xb
+        v = xb - xa
+        fn = lambda x, t_, d_: policy.net(x, t_, d_, c)  # noqa: E731
+        parts = identity_terms(fn, x_t, tt, dd, v)
+        with torch.no_grad():
+            u = fn(x_t, tt, dd)
+        extra = dd.view(-1, 1, 1) * (parts["v.du/dx"] + parts["du/dt"] - parts["du/dd"])
+        out[name] = {**{k: rms(a) for k, a in parts.items()}, "d*bracket": rms(extra), "target": rms(v + extra),
+                     "u": rms(u), "v": rms(v), "rows": int(rows.sum())}
+    return out
+
+
 def stack_windows(windows: Sequence[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Dataset items -> ({key: (B, To, ...)}, actions (B, H, A) float32)."""
     obs = {k: torch.stack([w["obs"][k] for w in windows]) for k in windows[0]["obs"]}
