@@ -11,8 +11,8 @@ DiT), so both are folded into one conditioning vector here:
 - ``"linear"``: d itself on the t scale, smooth in d and defined at d = 0, for MeanFlow, which
   trains on any d in [0, 1 - t] and differentiates the network with respect to d;
 - ``"unit"``: d itself unscaled (every sinusoid argument at most 1, so the features are nearly
-  linear in d and the network's du/dd is not stretched by t_scale), as the DiT embedding of the
-  MeanFlow paper's SiT backbone sees its times; a MeanFlow option (docs/objectives.md);
+  linear in d and the network's du/dd is not stretched by t_scale); a MeanFlow option
+  (docs/objectives.md);
 - ``"none"``: d is ignored (plain flow matching / diffusion baselines).
 """
 from __future__ import annotations

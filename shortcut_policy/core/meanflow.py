@@ -19,9 +19,9 @@ matching, which MeanFlow keeps for most of each batch.
 
 Times: t and the far end are drawn from a logit-normal (mean ``time_mu``, std ``time_sigma``; the
 paper's (-0.4, 1.0) in its reversed time is (+0.4, 1.0) here); a share ``interval_fraction`` of the
-batch gets an interval (t, r sorted), the rest d = 0. Optionally a share ``grid_fraction`` of the
-interval rows is drawn on the sampler's dyadic grid instead (the cells a few-step sampler steps
-through, which the logit-normal draws almost never reach near t = 0). The primal output of the JVP is the prediction
+batch gets an interval (t, r sorted), the rest d = 0. These draws never reach the one-step interval
+(t = 0, d = 1); ``grid_fraction`` draws a share of the interval rows on the sampler's dyadic grid
+instead (0.5 wrecked a PushT run at every step count, docs/pusht.md: the default stays 0). The primal output of the JVP is the prediction
 (its gradient reaches the weights); only the interval rows take the forward pass with tangents, the
 d = 0 rows (flow matching, target v) a plain one. Each example's squared error is weighted by
 1 / (its own error + 1e-3), held fixed (the paper's adaptive loss, power 1): without it the JVP's
