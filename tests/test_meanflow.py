@@ -56,7 +56,8 @@ def test_identity_terms_split_the_bracket():
     a = torch.randn(3, 3, dtype=torch.float64)
     fn = lambda x, t, d: torch.tanh(x @ a) * (1 + t[:, None] ** 2) + 3 * d[:, None] ** 2  # noqa: E731
     v = torch.randn_like(x)
-    parts = identity_terms(fn, x, t, d, v)
+    u_out, parts = identity_terms(fn, x, t, d, v)
+    torch.testing.assert_close(u_out, fn(x, t, d))
     torch.testing.assert_close(parts["du/dd"], (6 * d[:, None]).expand_as(x))
     torch.testing.assert_close(parts["du/dt"], torch.tanh(x @ a) * 2 * t[:, None])
     u, target = meanflow_target(fn, x, t, d, v)

@@ -21,11 +21,12 @@ Times: t and the far end are drawn from a logit-normal (mean ``time_mu``, std ``
 paper's (-0.4, 1.0) in its reversed time is (+0.4, 1.0) here); a share ``interval_fraction`` of the
 batch gets an interval (t, r sorted), the rest d = 0. These draws never reach the one-step interval
 (t = 0, d = 1); ``grid_fraction`` draws a share of the interval rows on the sampler's dyadic grid
-instead (0.5 wrecked a PushT run at every step count, docs/pusht.md: the default stays 0). The primal output of the JVP is the prediction
-(its gradient reaches the weights); only the interval rows take the forward pass with tangents, the
-d = 0 rows (flow matching, target v) a plain one. Each example's squared error is weighted by
-1 / (its own error + 1e-3), held fixed (the paper's adaptive loss, power 1): without it the JVP's
-early, very large targets wrecked a TwoCubeLift run at lr 1e-3 (docs/objectives.md).
+instead (0.5 wrecked a PushT run at every step count, docs/pusht.md: the default stays 0). The
+primal output of the JVP is the prediction (its gradient reaches the weights); only the interval
+rows take the forward pass with tangents, the d = 0 rows (flow matching, target v) a plain one.
+Each example's squared error is weighted by 1 / (its own error + 1e-3), held fixed (the paper's
+adaptive loss, power 1): without it the JVP's early, very large targets wrecked a TwoCubeLift run
+at lr 1e-3 (docs/objectives.md).
 """
 from __future__ import annotations
 
@@ -52,17 +53,20 @@ def meanflow_target(fn, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, v: to
     return u, (v + d.view(shape) * du).detach()
 
 
-def identity_terms(fn, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The three parts of the MeanFlow bracket at a batch, each its own JVP (no gradient):
-    ``v.du/dx``, ``du/dt`` and ``du/dd``; the target is v + d (v.du/dx + du/dt - du/dd). A diagnostic:
-    which input the network's average velocity is steep in when the interval targets grow."""
+def identity_terms(fn, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, v: torch.Tensor
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(u, parts): the network's output at the batch and the three parts of the MeanFlow bracket,
+    each its own JVP (no gradient): ``v.du/dx``, ``du/dt`` and ``du/dd``; the target is
+    v + d (v.du/dx + du/dt - du/dd). A diagnostic: which input the network's average velocity is
+    steep in when the interval targets grow."""
     from torch.func import jvp
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     z, one = torch.zeros_like, torch.ones_like
     tangents = {"v.du/dx": (v, z(t), z(d)), "du/dt": (z(x), one(t), z(d)), "du/dd": (z(x), z(t), one(d))}
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
-        return {k: jvp(fn, (x, t, d), tan)[1] for k, tan in tangents.items()}
+        out = {k: jvp(fn, (x, t, d), tan) for k, tan in tangents.items()}
+    return out["du/dd"][0], {k: du for k, (_, du) in out.items()}
 
 
 ADAPTIVE_C = 1e-3  # the paper's constant in w = 1 / (err + c)

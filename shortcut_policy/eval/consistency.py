@@ -158,9 +158,7 @@ def meanflow_terms(policy, windows: Sequence[dict[str, torch.Tensor]], n_noise: 
         x_t = (1 - tt.view(-1, 1, 1)) * xa + tt.view(-1, 1, 1) * xb
         v = xb - xa
         fn = lambda x, t_, d_: policy.net(x, t_, d_, c)  # noqa: E731
-        parts = identity_terms(fn, x_t, tt, dd, v)
-        with torch.no_grad():
-            u = fn(x_t, tt, dd)
+        u, parts = identity_terms(fn, x_t, tt, dd, v)
         extra = dd.view(-1, 1, 1) * (parts["v.du/dx"] + parts["du/dt"] - parts["du/dd"])
         out[name] = {**{k: rms(a) for k, a in parts.items()}, "d*bracket": rms(extra), "target": rms(v + extra),
                      "u": rms(u), "v": rms(v), "rows": int(rows.sum())}
