@@ -261,9 +261,11 @@ def compare_main(argv: list[str] | None = None) -> None:
         print(f"wrote {args.plot}")
 
 
-LOSSES_DOC = """Final training losses of one or more runs, from their metrics.jsonl, as a results file (kind "losses").
+LOSSES_DOC = """Final training losses of one or more runs, from their metrics.jsonl, as a results file (kind "losses");
+with --curve, one logged loss over the whole training of each run too, in the file and as a plot beside it.
 
     python scripts/losses.py --runs runs/A runs/B --last 5 --out docs/results/pusht_lowdim/recipe/train-losses.json
+    python scripts/losses.py --runs runs/A runs/B --curve train/loss_interval --out losses.json   # + losses.png
 """
 
 
@@ -273,18 +275,50 @@ def losses_main(argv: list[str] | None = None) -> None:
     ap.add_argument("--last", type=int, default=5, help="how many of the last logged values to average")
     ap.add_argument("--task", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--curve", default=None, metavar="KEY",
+                    help="also keep this logged value (e.g. train/loss_interval) at every logged step of each run "
+                         "(the file's 'curves') and plot it on a log scale beside --out (.png)")
     args = ap.parse_args(argv)
-    runs = {}
+    runs, curves = {}, {}
     for d in args.runs:
         path = Path(d) / "metrics.jsonl"
         if not path.exists():
             raise SystemExit(f"no metrics.jsonl in {d}")
-        rows = [r for r in map(json.loads, path.read_text().splitlines()) if "train/loss" in r][-args.last:]
+        logged = [r for r in map(json.loads, path.read_text().splitlines()) if "train/loss" in r]
+        rows = logged[-args.last:]
         if not rows:
             raise SystemExit(f"{path}: no train/loss entries")
         keys = sorted({k for r in rows for k in r if k.startswith("train/loss")})
         runs[Path(d).name] = {"steps": [rows[0]["step"], rows[-1]["step"]],
                               **{k.split("/", 1)[1]: sum(r[k] for r in rows) / len(rows) for k in keys}}
         print(Path(d).name, {k: round(v, 6) if isinstance(v, float) else v for k, v in runs[Path(d).name].items()})
+        if args.curve:
+            points = [[r["step"], r[args.curve]] for r in logged if args.curve in r]
+            if not points:
+                raise SystemExit(f"{path}: no {args.curve} entries (logged: {keys})")
+            curves[Path(d).name] = points
     if args.out:
-        write_result(args.out, result_doc("losses", args.task, "train-losses", {}, last=args.last, runs=runs))
+        extra = {"curve": args.curve, "curves": curves} if args.curve else {}
+        write_result(args.out, result_doc("losses", args.task, "train-losses", {}, last=args.last, runs=runs, **extra))
+        if args.curve:
+            plot_curves(curves, args.curve, str(Path(args.out).with_suffix(".png")))
+
+
+def plot_curves(curves: dict[str, list[list[float]]], key: str, path: str) -> None:
+    """One logged value over training steps, one line per run, on a log scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..utils import save_figure
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for name, points in curves.items():
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(key)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
