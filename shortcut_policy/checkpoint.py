@@ -154,6 +154,9 @@ def load_trained(module_factory, path: str | Path, config_key: str, weights: str
         sd = state["ema"]["module"] if weights == "ema" else state["model"]
     if config_key not in cfg:
         raise CheckpointError(f"{path} holds no {config_key!r} (is it a checkpoint of {other_kind}?)")
+    objective = cfg[config_key].get("objective") if isinstance(cfg[config_key], dict) else None
+    if isinstance(objective, dict) and objective.get("kind") == "meanflow" and "d_embedding" not in objective:
+        objective["d_embedding"] = "linear"  # MeanFlow trained d on the t scale before the option existed
     try:
         module = module_factory(cfg[config_key])
     except ValueError as e:

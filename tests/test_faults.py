@@ -563,12 +563,15 @@ def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
     for _ in range(3):
         proc = _launch(tmp_path, out, 16, 2)
         start = saved[-1] if saved else 0
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:  # wait for two new steps, then kill at a random moment
+        # wait for two new steps, then kill at a random moment; the wait is long because a loaded machine (two
+        # test workers beside a training) can take minutes to start a process and run its first steps
+        deadline, logged = time.time() + 600, 0
+        while time.time() < deadline and proc.poll() is None:
             logged = (out / "metrics.jsonl").read_text().count("\n") if (out / "metrics.jsonl").exists() else 0
             if logged >= start + 2:
                 break
             time.sleep(0.02)
+        assert logged >= start + 2, f"the run logged {logged} steps in 600 s (needed {start + 2}): {proc.poll()=}"
         time.sleep(float(rng.uniform(0.0, 0.5)))  # now and then during a checkpoint write (one every 2 steps)
         proc.kill()
         proc.wait()

@@ -71,7 +71,7 @@ def test_times_intervals_and_config():
     assert ((t >= 0) & (t + d <= 1 + 1e-12)).all()
     assert (d > 0).sum() == 100 and (d[100:] == 0).all()
     assert obj.kind == "meanflow" and obj.samplers == ("meanflow",) and obj.default_inference_steps == 1
-    assert obj.net_d_embedding == "linear" and obj.sweep_inference_steps() == [1, 2, 4, 8, 16]
+    assert obj.net_d_embedding == "unit" and obj.sweep_inference_steps() == [1, 2, 4, 8, 16]
     assert isinstance(make_objective({"kind": "meanflow"}), MeanFlowObjective)
     assert objective_config({"kind": "meanflow", "interval_fraction": 0.5}) == MeanFlowConfig(interval_fraction=0.5)
     with pytest.raises(ValueError, match="interval_fraction"):
@@ -104,7 +104,7 @@ def test_grid_fraction_puts_that_share_of_the_intervals_on_the_sampler_grid():
 def test_d_embedding_reaches_the_network_and_refuses_codes_not_smooth_in_d():
     obj = make_objective({"kind": "meanflow", "d_embedding": "unit"})
     assert obj.net_d_embedding == "unit" and obj.describe()["d_embedding"] == "unit"
-    assert make_objective({"kind": "meanflow"}).net_d_embedding == "linear"  # the default, older checkpoints
+    assert make_objective({"kind": "meanflow"}).net_d_embedding == "unit"  # the default
     with pytest.raises(ValueError, match="d_embedding"):
         objective_config({"kind": "meanflow", "d_embedding": "log2"})  # not defined at d = 0
 
@@ -165,10 +165,28 @@ def _trained_policy():
         opt.step()
         losses.append(info["loss"])
     assert all(math.isfinite(v) for v in losses) and info["interval_share"] == 0.25
-    assert p.net.time_emb.d_embedding == "linear"
+    assert p.net.time_emb.d_embedding == "unit"
     p.eval()
     assert p.predict_action_chunk({"s": torch.randn(3, 2, 4)}).shape == (3, 4, 2)
     return p
+
+
+def test_a_meanflow_checkpoint_from_before_d_embedding_loads_with_the_linear_code(tmp_path):
+    from shortcut_policy.checkpoint import save_weights
+    from shortcut_policy.policy import ShortcutPolicy
+
+    p = _trained_policy()
+    cfg = p.cfg.to_dict()
+    old = {**cfg, "objective": {k: v for k, v in cfg["objective"].items() if k not in ("d_embedding", "grid_fraction")}}
+    lin = ShortcutPolicy(type(p.cfg).from_dict({**old, "objective": {**old["objective"], "d_embedding": "linear"}}))
+    lin.load_state_dict(p.state_dict())
+    save_weights(tmp_path / "old.safetensors", lin.state_dict(), {"policy_config": old}, step=3)
+    loaded, run = ShortcutPolicy.from_checkpoint(tmp_path / "old.safetensors")
+    assert loaded.net.time_emb.d_embedding == "linear" and run["policy_config"]["objective"]["d_embedding"] == "linear"
+    obs = {"s": torch.randn(3, 2, 4)}
+    g = torch.Generator().manual_seed(1)
+    want = lin.eval().predict_action_chunk(obs, generator=g)
+    assert torch.equal(loaded.predict_action_chunk(obs, generator=torch.Generator().manual_seed(1)), want)
 
 
 def test_a_meanflow_policy_exports_and_matches_eager(tmp_path):

@@ -89,7 +89,7 @@ class MeanFlowConfig:
     interval_fraction: share of each batch with an interval (d > 0); the rest is flow matching (the paper's 1/4).
     time_mu, time_sigma: logit-normal times (the paper's, in this package's time direction).
     grid_fraction: share of the interval rows drawn on the sampler's dyadic grid instead (0: the paper's).
-    d_embedding: how the network sees d, "linear" (on the t scale) or "unit" (unscaled); see core.embeddings.
+    d_embedding: how the network sees d, "unit" (unscaled) or "linear" (on the t scale); see core.embeddings.
     """
     kind: str = "meanflow"
     max_inference_steps: int = 16
@@ -97,7 +97,7 @@ class MeanFlowConfig:
     time_mu: float = 0.4
     time_sigma: float = 1.0
     grid_fraction: float = 0.0
-    d_embedding: str = "linear"
+    d_embedding: str = "unit"
 
     def __post_init__(self):
         _check_kind(self, ("meanflow",))

@@ -77,7 +77,7 @@ class MeanFlowObjective(ShortcutObjective):
     (``max_steps`` = M: the sampler's finest step is 1/M; training covers every d in [0, 1 - t])."""
 
     def __init__(self, max_steps: int = 16, interval_fraction: float = 0.25, time_mu: float = 0.4,
-                 time_sigma: float = 1.0, grid_fraction: float = 0.0, d_embedding: str = "linear"):
+                 time_sigma: float = 1.0, grid_fraction: float = 0.0, d_embedding: str = "unit"):
         super().__init__(max_steps, consistency_fraction=0.0)
         if not 0.0 < interval_fraction <= 1.0:
             raise ValueError(f"interval_fraction must be in (0, 1], got {interval_fraction}")
