@@ -563,15 +563,16 @@ def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path):
     for _ in range(3):
         proc = _launch(tmp_path, out, 16, 2)
         start = saved[-1] if saved else 0
-        # wait for two new steps, then kill at a random moment; the wait is long because a loaded machine (two
-        # test workers beside a training) can take minutes to start a process and run its first steps
-        deadline, logged = time.time() + 600, 0
+        # wait for two new logged lines and a checkpoint on disk, then kill at a random moment (the lines alone
+        # can come before the first checkpoint: on one thread a step outlasts the random wait); the wait is long
+        # because a loaded machine (two test workers beside a training) can take minutes to start a process
+        deadline, logged, ckpt = time.time() + 600, 0, out / "checkpoints" / "latest.pt"
         while time.time() < deadline and proc.poll() is None:
             logged = (out / "metrics.jsonl").read_text().count("\n") if (out / "metrics.jsonl").exists() else 0
-            if logged >= start + 2:
+            if logged >= start + 2 and ckpt.is_file():
                 break
             time.sleep(0.02)
-        assert logged >= start + 2, f"the run logged {logged} steps in 600 s (needed {start + 2}): {proc.poll()=}"
+        assert logged >= start + 2 and ckpt.is_file(), f"after 600 s: {logged} lines logged, checkpoint {ckpt.is_file()}"
         time.sleep(float(rng.uniform(0.0, 0.5)))  # now and then during a checkpoint write (one every 2 steps)
         proc.kill()
         proc.wait()
