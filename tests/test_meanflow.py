@@ -212,3 +212,53 @@ def test_a_meanflow_dit_trains_and_samples():
     assert math.isfinite(info["loss"]) and all(p.grad is not None for p in model.net.parameters() if p.requires_grad)
     x = model.sample(n=2, num_inference_steps=1, labels=torch.tensor([0, 1]))
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+
+
+def test_grid_target_consistency_trains_the_grid_rows_on_two_half_jumps_of_the_teacher():
+    """grid_target = "consistency": the grid rows' target is the teacher's two half jumps (no JVP there),
+    the other interval rows keep the identity's JVP target and the d = 0 rows v; the teacher is the
+    online network unless one is given, and its condition is the batch's unless one is given."""
+    obj = MeanFlowObjective(16, interval_fraction=0.5, grid_fraction=0.5, grid_target="consistency")
+    assert obj.describe()["grid_target"] == "consistency"
+    w = torch.randn(3, 3, dtype=torch.float64)
+
+    def net(x, t, d, cond):
+        return torch.tanh(x @ w) * (1 + t[:, None]) + d[:, None] ** 2 + cond
+
+    x1, cond = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    teacher_calls = []
+
+    def teacher(x, t, d, c):
+        teacher_calls.append((x.shape[0], d.clone()))
+        return 2 * net(x, t, d, c)
+
+    loss, info = obj.loss(net, x1, cond, teacher=teacher, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)  # the same draws, each target built by hand
+    x0 = torch.randn(x1.shape, generator=g, dtype=x1.dtype)
+    t, d = obj.times(16, g)
+    x_t = (1 - t[:, None]) * x0 + t[:, None] * x1
+    nc, n = 4, 8  # 16 rows: 8 with an interval, half of those on the grid
+    assert [c[0] for c in teacher_calls] == [nc, nc] and torch.equal(teacher_calls[0][1], d[:nc] / 2)
+    h = (d[:nc] / 2)[:, None]
+    v1 = teacher(x_t[:nc], t[:nc], d[:nc] / 2, cond[:nc])
+    v2 = teacher(x_t[:nc] + h * v1, t[:nc] + d[:nc] / 2, d[:nc] / 2, cond[:nc])
+    target = torch.cat([(v1 + v2) / 2, meanflow_target(lambda x, tt, dd: net(x, tt, dd, cond[nc:n]), x_t[nc:n],
+                                                       t[nc:n], d[nc:n], (x1 - x0)[nc:n])[1], (x1 - x0)[n:]])
+    err = (net(x_t, t, d, cond) - target).pow(2).mean(1)
+    # the adaptive weight, except that the two-half-jump rows are weighted 4x against the flow rows' mean error
+    scale = torch.cat([((err[n:].mean() + 1e-3) / 4).expand(nc), err[nc:] + 1e-3])
+    assert torch.allclose(loss, (err / scale).mean(), atol=1e-12)
+    assert not torch.allclose(loss, (err / (err + 1e-3)).mean(), atol=1e-6)
+    assert torch.allclose(info["loss_consistency"], err[:nc].mean()) and torch.allclose(info["loss_interval"], err[nc:n].mean())
+    # the grid rows of the one-step interval (t = 0, d = 1) are among them: what the identity never reaches
+    assert (d[:nc] > 0).all() and torch.equal(torch.remainder(t[:nc], d[:nc]), torch.zeros(nc, dtype=torch.float64))
+    # without a teacher the online network builds the targets: the loss differs from the 2x teacher's
+    loss_online, _ = obj.loss(net, x1, cond, generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(loss_online, loss)
+    # the default keeps the identity on the grid rows: no teacher call
+    teacher_calls.clear()
+    MeanFlowObjective(16, 0.5, grid_fraction=0.5).loss(net, x1, cond, teacher=teacher, generator=torch.Generator().manual_seed(5))
+    assert teacher_calls == []
+    assert make_objective({"kind": "meanflow", "grid_fraction": 0.5, "grid_target": "consistency"}).grid_target == "consistency"
+    with pytest.raises(ValueError, match="grid_target"):
+        objective_config({"kind": "meanflow", "grid_target": "jvp"})

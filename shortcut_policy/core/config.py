@@ -90,6 +90,7 @@ class MeanFlowConfig:
     time_mu, time_sigma: logit-normal times (the paper's, in this package's time direction).
     grid_fraction: share of the interval rows drawn on the sampler's dyadic grid instead (0: the paper's).
     d_embedding: how the network sees d, "unit" (unscaled) or "linear" (on the t scale); see core.embeddings.
+    grid_target: what the grid rows learn, "identity" (the JVP target) or "consistency" (two half jumps).
     """
     kind: str = "meanflow"
     max_inference_steps: int = 16
@@ -98,6 +99,7 @@ class MeanFlowConfig:
     time_sigma: float = 1.0
     grid_fraction: float = 0.0
     d_embedding: str = "unit"
+    grid_target: str = "identity"
 
     def __post_init__(self):
         _check_kind(self, ("meanflow",))
@@ -113,6 +115,8 @@ class MeanFlowConfig:
             raise ValueError(f"objective.grid_fraction must be in [0, 1], got {self.grid_fraction}")
         if self.d_embedding not in SMOOTH_D_EMBEDDINGS:
             raise ValueError(f"objective.d_embedding must be one of {SMOOTH_D_EMBEDDINGS}, got {self.d_embedding!r}")
+        if self.grid_target not in ("identity", "consistency"):
+            raise ValueError(f"objective.grid_target must be 'identity' or 'consistency', got {self.grid_target!r}")
 
 
 @dataclass
@@ -178,7 +182,7 @@ def make_objective(cfg: ObjectiveConfig | dict[str, Any]):
         return DiffusionObjective(num_train_timesteps=cfg.num_train_timesteps, sampler=cfg.kind)
     if isinstance(cfg, MeanFlowConfig):
         return MeanFlowObjective(cfg.max_inference_steps, cfg.interval_fraction, cfg.time_mu, cfg.time_sigma,
-                                 cfg.grid_fraction, cfg.d_embedding)
+                                 cfg.grid_fraction, cfg.d_embedding, cfg.grid_target)
     frac = cfg.consistency_fraction if isinstance(cfg, ShortcutConfig) else 0.0
     weight = cfg.consistency_weight if isinstance(cfg, ShortcutConfig) else 1.0
     return ShortcutObjective(cfg.max_inference_steps, frac, consistency_weight=weight,

@@ -21,12 +21,18 @@ Times: t and the far end are drawn from a logit-normal (mean ``time_mu``, std ``
 paper's (-0.4, 1.0) in its reversed time is (+0.4, 1.0) here); a share ``interval_fraction`` of the
 batch gets an interval (t, r sorted), the rest d = 0. These draws never reach the one-step interval
 (t = 0, d = 1); ``grid_fraction`` draws a share of the interval rows on the sampler's dyadic grid
-instead (0.5 wrecked a PushT run at every step count, docs/pusht.md: the default stays 0). The
+instead (0.5 wrecked a PushT run at every step count, docs/pusht.md: the default stays 0), and
+``grid_target`` says what those rows learn: ``"identity"`` (the JVP target above) or ``"consistency"``
+(the shortcut model's: the average velocity of two half jumps of the teacher, no gradient), a target
+that holds the network's outputs but not its slope in d, so it cannot feed on its own steepness the
+way the identity's does on large intervals (docs/objectives.md); with grid_fraction 0.5 it gave one
+step its first Adroit door successes and cost two to eight steps (docs/suites.md). The
 primal output of the JVP is the prediction (its gradient reaches the weights); only the interval
 rows take the forward pass with tangents, the d = 0 rows (flow matching, target v) a plain one.
 Each example's squared error is weighted by 1 / (its own error + 1e-3), held fixed (the paper's
 adaptive loss, power 1): without it the JVP's early, very large targets wrecked a TwoCubeLift run
-at lr 1e-3 (docs/objectives.md).
+at lr 1e-3 (docs/objectives.md). The two-half-jump rows are the exception: weighted as the shortcut
+objective weights them, 4x over the flow rows' mean error.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from typing import Any
 import torch
 
 from .embeddings import SMOOTH_D_EMBEDDINGS
-from .objective import ShortcutObjective, dyadic_cells, index_cond
+from .objective import ShortcutObjective, _detach, dyadic_cells, index_cond
 from .sampler import VelocityFn, randn, to_device
 
 
@@ -70,6 +76,8 @@ def identity_terms(fn, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, v: tor
 
 
 ADAPTIVE_C = 1e-3  # the paper's constant in w = 1 / (err + c)
+GRID_TARGETS = ("identity", "consistency")
+CONSISTENCY_WEIGHT = 4.0  # the shortcut objective's default weight of a two-half-jump row against a flow row
 
 
 class MeanFlowObjective(ShortcutObjective):
@@ -77,13 +85,17 @@ class MeanFlowObjective(ShortcutObjective):
     (``max_steps`` = M: the sampler's finest step is 1/M; training covers every d in [0, 1 - t])."""
 
     def __init__(self, max_steps: int = 16, interval_fraction: float = 0.25, time_mu: float = 0.4,
-                 time_sigma: float = 1.0, grid_fraction: float = 0.0, d_embedding: str = "unit"):
+                 time_sigma: float = 1.0, grid_fraction: float = 0.0, d_embedding: str = "unit",
+                 grid_target: str = "identity"):
         super().__init__(max_steps, consistency_fraction=0.0)
         if not 0.0 < interval_fraction <= 1.0:
             raise ValueError(f"interval_fraction must be in (0, 1], got {interval_fraction}")
         if not 0.0 <= grid_fraction <= 1.0:
             raise ValueError(f"grid_fraction must be in [0, 1], got {grid_fraction}")
         self.grid_fraction = float(grid_fraction)
+        if grid_target not in GRID_TARGETS:
+            raise ValueError(f"grid_target must be one of {GRID_TARGETS}, got {grid_target!r}")
+        self.grid_target = grid_target
         if d_embedding not in SMOOTH_D_EMBEDDINGS:
             raise ValueError(f"d_embedding must be one of {SMOOTH_D_EMBEDDINGS}, got {d_embedding!r}")
         self.d_embedding = d_embedding
@@ -125,7 +137,8 @@ class MeanFlowObjective(ShortcutObjective):
 
     def loss(self, model: VelocityFn, x1: torch.Tensor, cond: Any = None, teacher: VelocityFn | None = None,
              teacher_cond: Any = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-        """MeanFlow loss (``teacher`` is unused: the target needs none)."""
+        """MeanFlow loss. ``teacher`` (None: the online ``model``) builds the two-half-jump targets of the grid
+        rows when ``grid_target`` is "consistency"; the identity's target needs none."""
         B = x1.shape[0]
         dev, dt = x1.device, x1.dtype
         shape = (B,) + (1,) * (x1.ndim - 1)
@@ -133,31 +146,46 @@ class MeanFlowObjective(ShortcutObjective):
         t, d = (to_device(a, dev, dt) for a in self.times(B, generator))
         x_t = (1 - t.view(shape)) * x0 + t.view(shape) * x1
         v = x1 - x0
-        # the interval rows (the first n) need the JVP; the d = 0 rows are flow matching, target v
-        n = int(round(self.interval_fraction * B))  # as in times()
-        a, b = torch.arange(n, device=dev), torch.arange(n, B, device=dev)
+        # rows, as in times(): [0, nc) grid rows on two-half-jump targets (grid_target "consistency"), [nc, n)
+        # interval rows on the identity's JVP target, [n, B) flow matching (d = 0, target v)
+        n = int(round(self.interval_fraction * B))
+        nc = int(round(self.grid_fraction * n)) if self.grid_target == "consistency" else 0
+        rows = lambda lo, hi: torch.arange(lo, hi, device=dev)  # noqa: E731
         parts_u, parts_target = [], []
-        if n:
-            cond_a = index_cond(cond, a)
-            u, target = meanflow_target(lambda x, tt, dd: model(x, tt, dd, cond_a), x_t[:n], t[:n], d[:n], v[:n])
+        if nc:
+            tc = index_cond(_detach(cond) if teacher_cond is None else teacher_cond, rows(0, nc))
+            parts_target.append(self.consistency_target(teacher or model, x_t[:nc], t[:nc], d[:nc] / 2, tc))
+            parts_u.append(model(x_t[:nc], t[:nc], d[:nc], index_cond(cond, rows(0, nc))))
+        if nc < n:
+            cond_a = index_cond(cond, rows(nc, n))
+            u, target = meanflow_target(lambda x, tt, dd: model(x, tt, dd, cond_a), x_t[nc:n], t[nc:n], d[nc:n], v[nc:n])
             parts_u.append(u)
             parts_target.append(target)
         if n < B:
-            parts_u.append(model(x_t[n:], t[n:], d[n:], index_cond(cond, b)))
+            parts_u.append(model(x_t[n:], t[n:], d[n:], index_cond(cond, rows(n, B))))
             parts_target.append(v[n:])
         u, target = torch.cat(parts_u), torch.cat(parts_target)
         if u.shape != x1.shape:
             raise ValueError(f"network output {tuple(u.shape)} does not match data {tuple(x1.shape)}")
         err = (u - target).pow(2).flatten(1).mean(1)  # (B,)
         # the paper's adaptive weight (power 1): each example's error divided by its own size, held fixed, so
-        # the rare huge targets of an early JVP do not run away with the step
-        loss = (err / (err.detach() + ADAPTIVE_C)).mean()
+        # the rare huge targets of an early JVP do not run away with the step. The two-half-jump rows are weighted
+        # against the flow rows as the shortcut objective weights them (CONSISTENCY_WEIGHT / the flow rows' mean
+        # error): their own error is tiny where the flow is nearly straight, and 1 / (own error) held a door run
+        # at a constant output, which meets every such target (docs/objectives.md)
+        scale = err.detach() + ADAPTIVE_C
+        if nc and nc < B:
+            ref = err[n:] if n < B else err[nc:]
+            scale[:nc] = (ref.detach().mean() + ADAPTIVE_C) / CONSISTENCY_WEIGHT
+        loss = (err / scale).mean()
         err = err.detach()  # logged on the device (the shortcut objective's info)
         info = {"loss": loss.detach(), "loss_flow": err[n:].mean() if n < B else 0.0,
-                "loss_interval": err[:n].mean() if n else 0.0, "interval_share": n / B}
+                "loss_interval": err[nc:n].mean() if nc < n else 0.0, "interval_share": n / B}
+        if nc:
+            info["loss_consistency"] = err[:nc].mean()
         return loss, info
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "max_inference_steps": self.max_steps, "interval_fraction": self.interval_fraction,
                 "time_mu": self.time_mu, "time_sigma": self.time_sigma, "grid_fraction": self.grid_fraction,
-                "d_embedding": self.d_embedding}
+                "d_embedding": self.d_embedding, "grid_target": self.grid_target}
