@@ -21,6 +21,8 @@ from typing import Any, ClassVar, Union
 from .embeddings import SMOOTH_D_EMBEDDINGS
 from .schedule import check_max_steps
 
+GRID_TARGETS = ("identity", "consistency")  # what MeanFlow's grid rows learn (core.meanflow)
+
 KINDS = ("shortcut", "flow", "meanflow", "ddpm", "ddim")
 PARAMETERIZATIONS = ("velocity", "endpoint")
 
@@ -115,8 +117,8 @@ class MeanFlowConfig:
             raise ValueError(f"objective.grid_fraction must be in [0, 1], got {self.grid_fraction}")
         if self.d_embedding not in SMOOTH_D_EMBEDDINGS:
             raise ValueError(f"objective.d_embedding must be one of {SMOOTH_D_EMBEDDINGS}, got {self.d_embedding!r}")
-        if self.grid_target not in ("identity", "consistency"):
-            raise ValueError(f"objective.grid_target must be 'identity' or 'consistency', got {self.grid_target!r}")
+        if self.grid_target not in GRID_TARGETS:
+            raise ValueError(f"objective.grid_target must be one of {GRID_TARGETS}, got {self.grid_target!r}")
 
 
 @dataclass

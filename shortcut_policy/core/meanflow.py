@@ -40,8 +40,9 @@ from typing import Any
 
 import torch
 
+from .config import GRID_TARGETS, ShortcutConfig
 from .embeddings import SMOOTH_D_EMBEDDINGS
-from .objective import ShortcutObjective, _detach, dyadic_cells, index_cond
+from .objective import ShortcutObjective, dyadic_cells, index_cond, teacher_condition
 from .sampler import VelocityFn, randn, to_device
 
 
@@ -76,8 +77,6 @@ def identity_terms(fn, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, v: tor
 
 
 ADAPTIVE_C = 1e-3  # the paper's constant in w = 1 / (err + c)
-GRID_TARGETS = ("identity", "consistency")
-CONSISTENCY_WEIGHT = 4.0  # the shortcut objective's default weight of a two-half-jump row against a flow row
 
 
 class MeanFlowObjective(ShortcutObjective):
@@ -87,7 +86,8 @@ class MeanFlowObjective(ShortcutObjective):
     def __init__(self, max_steps: int = 16, interval_fraction: float = 0.25, time_mu: float = 0.4,
                  time_sigma: float = 1.0, grid_fraction: float = 0.0, d_embedding: str = "unit",
                  grid_target: str = "identity"):
-        super().__init__(max_steps, consistency_fraction=0.0)
+        # the two-half-jump rows (grid_target "consistency") take the shortcut objective's default weight
+        super().__init__(max_steps, consistency_fraction=0.0, consistency_weight=ShortcutConfig.consistency_weight)
         if not 0.0 < interval_fraction <= 1.0:
             raise ValueError(f"interval_fraction must be in (0, 1], got {interval_fraction}")
         if not 0.0 <= grid_fraction <= 1.0:
@@ -153,7 +153,7 @@ class MeanFlowObjective(ShortcutObjective):
         rows = lambda lo, hi: torch.arange(lo, hi, device=dev)  # noqa: E731
         parts_u, parts_target = [], []
         if nc:
-            tc = index_cond(_detach(cond) if teacher_cond is None else teacher_cond, rows(0, nc))
+            tc = teacher_condition(cond, teacher_cond, rows(0, nc))
             parts_target.append(self.consistency_target(teacher or model, x_t[:nc], t[:nc], d[:nc] / 2, tc))
             parts_u.append(model(x_t[:nc], t[:nc], d[:nc], index_cond(cond, rows(0, nc))))
         if nc < n:
@@ -170,15 +170,15 @@ class MeanFlowObjective(ShortcutObjective):
         err = (u - target).pow(2).flatten(1).mean(1)  # (B,)
         # the paper's adaptive weight (power 1): each example's error divided by its own size, held fixed, so
         # the rare huge targets of an early JVP do not run away with the step. The two-half-jump rows are weighted
-        # against the flow rows as the shortcut objective weights them (CONSISTENCY_WEIGHT / the flow rows' mean
+        # against the flow rows as the shortcut objective weights them (consistency_weight / the flow rows' mean
         # error): their own error is tiny where the flow is nearly straight, and 1 / (own error) held a door run
         # at a constant output, which meets every such target (docs/objectives.md)
-        scale = err.detach() + ADAPTIVE_C
+        held = err.detach()
+        scale = held + ADAPTIVE_C
         if nc and nc < B:
-            ref = err[n:] if n < B else err[nc:]
-            scale[:nc] = (ref.detach().mean() + ADAPTIVE_C) / CONSISTENCY_WEIGHT
+            scale[:nc] = ((held[n:] if n < B else held[nc:]).mean() + ADAPTIVE_C) / self.consistency_weight
         loss = (err / scale).mean()
-        err = err.detach()  # logged on the device (the shortcut objective's info)
+        err = held  # logged on the device (the shortcut objective's info)
         info = {"loss": loss.detach(), "loss_flow": err[n:].mean() if n < B else 0.0,
                 "loss_interval": err[nc:n].mean() if nc < n else 0.0, "interval_share": n / B}
         if nc:

@@ -44,6 +44,12 @@ def index_cond(cond: Any, idx: torch.Tensor) -> Any:
     raise TypeError(f"cannot index a condition of type {type(cond).__name__}")
 
 
+def teacher_condition(cond: Any, teacher_cond: Any, idx: torch.Tensor) -> Any:
+    """The consistency targets' condition for examples ``idx``: the teacher's own (``teacher_cond``, an EMA
+    teacher's encoding of the batch), or the batch's ``cond`` detached."""
+    return index_cond(_detach(cond) if teacher_cond is None else teacher_cond, idx)
+
+
 def _detach(cond: Any) -> Any:
     if isinstance(cond, torch.Tensor):
         return cond.detach()
@@ -207,7 +213,7 @@ class ShortcutObjective:
 
         if nb:
             idx = torch.arange(nb, device=dev)
-            tc = index_cond(_detach(cond) if teacher_cond is None else teacher_cond, idx)
+            tc = teacher_condition(cond, teacher_cond, idx)
             target[:nb] = self.consistency_target(self.velocity_fn(teacher or model), x_t[:nb], t[:nb], d[:nb] / 2, tc)
 
         pred = self.velocity_fn(model)(x_t, t, d, cond)  # (B, ...)
