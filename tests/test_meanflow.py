@@ -101,6 +101,23 @@ def test_grid_fraction_puts_that_share_of_the_intervals_on_the_sampler_grid():
         objective_config({"kind": "meanflow", "grid_fraction": 1.5})
 
 
+def test_grid_max_steps_keeps_the_grid_rows_on_the_coarse_samplers_jumps():
+    """grid_max_steps = 2: the grid rows are only the jumps of the 1- and 2-step samplers (d = 1 from 0,
+    d = 1/2 from 0 or 1/2), both drawn; 1: every grid row is the one-step jump. Other values are refused."""
+    t, d = MeanFlowObjective(16, interval_fraction=0.25, grid_fraction=0.5, grid_max_steps=2).times(
+        4000, torch.Generator().manual_seed(0))
+    assert set(zip(t[:500].tolist(), d[:500].tolist())) == {(0.0, 1.0), (0.0, 0.5), (0.5, 0.5)}
+    assert ((d[500:1000] > 0) & (d[500:1000] < 1)).all() and (d[1000:] == 0).all()
+    t, d = MeanFlowObjective(16, 0.25, grid_fraction=0.5, grid_max_steps=1).times(400, torch.Generator().manual_seed(1))
+    assert (t[:50] == 0).all() and (d[:50] == 1).all()
+    obj = make_objective({"kind": "meanflow", "grid_fraction": 0.5, "grid_max_steps": 4})
+    assert obj.grid_max_steps == 4 and obj.describe()["grid_max_steps"] == 4
+    assert make_objective({"kind": "meanflow"}).grid_max_steps == 16  # default: every level up to M
+    for bad in (3, 32, 0, True, 2.0):
+        with pytest.raises(ValueError, match="grid_max_steps"):
+            objective_config({"kind": "meanflow", "grid_max_steps": bad})
+
+
 def test_d_embedding_reaches_the_network_and_refuses_codes_not_smooth_in_d():
     obj = make_objective({"kind": "meanflow", "d_embedding": "unit"})
     assert obj.net_d_embedding == "unit" and obj.describe()["d_embedding"] == "unit"

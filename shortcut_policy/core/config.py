@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Optional, Union
 
 from .embeddings import SMOOTH_D_EMBEDDINGS
 from .schedule import check_max_steps
@@ -93,6 +93,7 @@ class MeanFlowConfig:
     grid_fraction: share of the interval rows drawn on the sampler's dyadic grid instead (0: the paper's).
     d_embedding: how the network sees d, "unit" (unscaled) or "linear" (on the t scale); see core.embeddings.
     grid_target: what the grid rows learn, "identity" (the JVP target) or "consistency" (two half jumps).
+    grid_max_steps: the grid rows draw the jumps of 1, 2, ..., grid_max_steps-step samplers (None: up to M).
     """
     kind: str = "meanflow"
     max_inference_steps: int = 16
@@ -102,6 +103,7 @@ class MeanFlowConfig:
     grid_fraction: float = 0.0
     d_embedding: str = "unit"
     grid_target: str = "identity"
+    grid_max_steps: Optional[int] = None
 
     def __post_init__(self):
         _check_kind(self, ("meanflow",))
@@ -119,6 +121,9 @@ class MeanFlowConfig:
             raise ValueError(f"objective.d_embedding must be one of {SMOOTH_D_EMBEDDINGS}, got {self.d_embedding!r}")
         if self.grid_target not in GRID_TARGETS:
             raise ValueError(f"objective.grid_target must be one of {GRID_TARGETS}, got {self.grid_target!r}")
+        g, M = self.grid_max_steps, self.max_inference_steps
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1 or g & (g - 1) or g > M):
+            raise ValueError(f"objective.grid_max_steps must be null or a power of two in [1, {M}], got {g!r}")
 
 
 @dataclass
@@ -184,7 +189,7 @@ def make_objective(cfg: ObjectiveConfig | dict[str, Any]):
         return DiffusionObjective(num_train_timesteps=cfg.num_train_timesteps, sampler=cfg.kind)
     if isinstance(cfg, MeanFlowConfig):
         return MeanFlowObjective(cfg.max_inference_steps, cfg.interval_fraction, cfg.time_mu, cfg.time_sigma,
-                                 cfg.grid_fraction, cfg.d_embedding, cfg.grid_target)
+                                 cfg.grid_fraction, cfg.d_embedding, cfg.grid_target, cfg.grid_max_steps)
     frac = cfg.consistency_fraction if isinstance(cfg, ShortcutConfig) else 0.0
     weight = cfg.consistency_weight if isinstance(cfg, ShortcutConfig) else 1.0
     return ShortcutObjective(cfg.max_inference_steps, frac, consistency_weight=weight,

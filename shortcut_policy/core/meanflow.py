@@ -26,7 +26,10 @@ instead (0.5 wrecked a PushT run at every step count, docs/pusht.md: the default
 (the shortcut model's: the average velocity of two half jumps of the teacher, no gradient), a target
 that holds the network's outputs but not its slope in d, so it cannot feed on its own steepness the
 way the identity's does on large intervals (docs/objectives.md); with grid_fraction 0.5 it gave one
-step its first Adroit door successes and cost two to eight steps (docs/suites.md). The
+step its first Adroit door successes and cost two to eight steps (docs/suites.md), and
+``grid_max_steps`` keeps the grid rows on the jumps of the 1, 2, ..., grid_max_steps-step samplers
+only (1: every grid row is the one-step jump, the one interval the identity cannot learn; the finer
+cells stay with the identity, and the door's two-to-sixteen-step policies with them). The
 primal output of the JVP is the prediction (its gradient reaches the weights); only the interval
 rows take the forward pass with tangents, the d = 0 rows (flow matching, target v) a plain one.
 Each example's squared error is weighted by 1 / (its own error + 1e-3), held fixed (the paper's
@@ -85,7 +88,7 @@ class MeanFlowObjective(ShortcutObjective):
 
     def __init__(self, max_steps: int = 16, interval_fraction: float = 0.25, time_mu: float = 0.4,
                  time_sigma: float = 1.0, grid_fraction: float = 0.0, d_embedding: str = "unit",
-                 grid_target: str = "identity"):
+                 grid_target: str = "identity", grid_max_steps: int | None = None):
         # the two-half-jump rows (grid_target "consistency") take the shortcut objective's default weight
         super().__init__(max_steps, consistency_fraction=0.0, consistency_weight=ShortcutConfig.consistency_weight)
         if not 0.0 < interval_fraction <= 1.0:
@@ -96,6 +99,12 @@ class MeanFlowObjective(ShortcutObjective):
         if grid_target not in GRID_TARGETS:
             raise ValueError(f"grid_target must be one of {GRID_TARGETS}, got {grid_target!r}")
         self.grid_target = grid_target
+        if grid_max_steps is None:
+            grid_max_steps = max_steps
+        if isinstance(grid_max_steps, bool) or not isinstance(grid_max_steps, int) or grid_max_steps < 1 \
+                or grid_max_steps & (grid_max_steps - 1) or grid_max_steps > max_steps:
+            raise ValueError(f"grid_max_steps must be a power of two in [1, {max_steps}], got {grid_max_steps!r}")
+        self.grid_max_steps = grid_max_steps
         if d_embedding not in SMOOTH_D_EMBEDDINGS:
             raise ValueError(f"d_embedding must be one of {SMOOTH_D_EMBEDDINGS}, got {d_embedding!r}")
         self.d_embedding = d_embedding
@@ -122,7 +131,8 @@ class MeanFlowObjective(ShortcutObjective):
     def times(self, B: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(t, d), (B,) each in float64: logit-normal times, an interval for ``interval_fraction`` of them
         (the first rows); the first ``grid_fraction`` of those sit on the sampler's grid instead (d = 2^-j,
-        j uniform in 0..log2(M), t a multiple of d: the jumps a 1, 2, ..., M-step sampler takes)."""
+        j uniform in 0..log2(``grid_max_steps``), t a multiple of d: the jumps a 1, 2, ..., grid_max_steps-step
+        sampler takes)."""
         z = torch.randn(2, B, generator=generator, dtype=torch.float64) * self.time_sigma + self.time_mu
         a, b = torch.sigmoid(z)
         t, r = torch.minimum(a, b), torch.maximum(a, b)
@@ -131,7 +141,7 @@ class MeanFlowObjective(ShortcutObjective):
         d[:n] = (r - t)[:n]
         ng = int(round(self.grid_fraction * n))
         if ng:
-            levels = torch.randint(0, self.n_levels + 1, (ng,), generator=generator)
+            levels = torch.randint(0, self.grid_max_steps.bit_length(), (ng,), generator=generator)
             t[:ng], d[:ng] = dyadic_cells(levels, generator)
         return t, d
 
@@ -188,4 +198,4 @@ class MeanFlowObjective(ShortcutObjective):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "max_inference_steps": self.max_steps, "interval_fraction": self.interval_fraction,
                 "time_mu": self.time_mu, "time_sigma": self.time_sigma, "grid_fraction": self.grid_fraction,
-                "d_embedding": self.d_embedding, "grid_target": self.grid_target}
+                "d_embedding": self.d_embedding, "grid_target": self.grid_target, "grid_max_steps": self.grid_max_steps}
