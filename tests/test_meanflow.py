@@ -83,7 +83,7 @@ def test_times_intervals_and_config():
 def test_grid_fraction_puts_that_share_of_the_intervals_on_the_sampler_grid():
     """grid_fraction = 0.5: half the interval rows are the cells a 1, 2, ..., M-step sampler steps
     through (d = 2^-j, every level drawn, t a multiple of d); the rest are logit-normal as before."""
-    obj = MeanFlowObjective(16, interval_fraction=0.25, grid_fraction=0.5)
+    obj = MeanFlowObjective(16, interval_fraction=0.25, grid_fraction=0.5, grid_max_steps=None)
     t, d = obj.times(4000, torch.Generator().manual_seed(0))
     grid_t, grid_d = t[:500], d[:500]
     assert set(grid_d.tolist()) == {1.0, 0.5, 0.25, 0.125, 0.0625}  # every level, d = 1 included
@@ -92,13 +92,27 @@ def test_grid_fraction_puts_that_share_of_the_intervals_on_the_sampler_grid():
     free_d = d[500:1000]
     assert ((free_d > 0) & (free_d < 1)).all() and len(set(free_d.tolist())) == 500  # continuous draws
     assert (d[1000:] == 0).all()
-    # the default draws no grid rows, and the logit-normal almost never reaches a one-step interval
-    t0, d0 = MeanFlowObjective(16).times(4000, torch.Generator().manual_seed(0))
+    # the paper's draws no grid rows, and the logit-normal almost never reaches a one-step interval
+    t0, d0 = MeanFlowObjective(16, grid_fraction=0.0).times(4000, torch.Generator().manual_seed(0))
     assert (d0 > 0.9).sum() < 5 and (d[:500] == 1.0).sum() > 60
     assert objective_config({"kind": "meanflow", "grid_fraction": 0.5}).grid_fraction == 0.5
     assert make_objective({"kind": "meanflow", "grid_fraction": 0.5}).grid_fraction == 0.5
     with pytest.raises(ValueError, match="grid_fraction"):
         objective_config({"kind": "meanflow", "grid_fraction": 1.5})
+
+
+def test_the_default_meanflow_recipe_trains_the_one_step_jump_on_two_half_jumps():
+    """The default (yaml, typed config and class agree): half the interval rows are the one-step jump,
+    trained on two half jumps; the image recipe keeps the measured grid-free MeanFlow."""
+    from tests.test_configs import _compose
+
+    want = {"grid_fraction": 0.5, "grid_target": "consistency", "grid_max_steps": 1}
+    composed = _compose("train", ["objective=meanflow"])["objective"]
+    for obj in (make_objective(composed), make_objective({"kind": "meanflow"}), MeanFlowObjective(16)):
+        assert {k: obj.describe()[k] for k in want} == want
+    t, d = make_objective(composed).times(400, torch.Generator().manual_seed(0))
+    assert (t[:50] == 0).all() and (d[:50] == 1).all() and (d[50:100] < 1).all() and (d[100:] == 0).all()
+    assert _compose("image", ["objective=meanflow_image"])["objective"]["grid_fraction"] == 0.0
 
 
 def test_grid_max_steps_keeps_the_grid_rows_on_the_coarse_samplers_jumps():
@@ -112,7 +126,7 @@ def test_grid_max_steps_keeps_the_grid_rows_on_the_coarse_samplers_jumps():
     assert (t[:50] == 0).all() and (d[:50] == 1).all()
     obj = make_objective({"kind": "meanflow", "grid_fraction": 0.5, "grid_max_steps": 4})
     assert obj.grid_max_steps == 4 and obj.describe()["grid_max_steps"] == 4
-    assert make_objective({"kind": "meanflow"}).grid_max_steps == 16  # default: every level up to M
+    assert make_objective({"kind": "meanflow", "grid_max_steps": None}).grid_max_steps == 16  # every level up to M
     for bad in (3, 32, 0, True, 2.0):
         with pytest.raises(ValueError, match="grid_max_steps"):
             objective_config({"kind": "meanflow", "grid_max_steps": bad})
@@ -127,7 +141,7 @@ def test_d_embedding_reaches_the_network_and_refuses_codes_not_smooth_in_d():
 
 
 def test_loss_runs_the_jvp_on_the_interval_rows_only_and_equals_the_whole_batch_target():
-    obj = MeanFlowObjective(16, interval_fraction=0.25)
+    obj = MeanFlowObjective(16, interval_fraction=0.25, grid_fraction=0.0)  # the paper's: every interval on the JVP
     w = torch.randn(3, 3, dtype=torch.float64)
     calls = []
 
@@ -194,12 +208,17 @@ def test_a_meanflow_checkpoint_from_before_d_embedding_loads_with_the_linear_cod
 
     p = _trained_policy()
     cfg = p.cfg.to_dict()
-    old = {**cfg, "objective": {k: v for k, v in cfg["objective"].items() if k not in ("d_embedding", "grid_fraction")}}
+    added = ("d_embedding", "grid_fraction", "grid_target", "grid_max_steps")  # options newer than the checkpoint
+    old = {**cfg, "objective": {k: v for k, v in cfg["objective"].items() if k not in added}}
     lin = ShortcutPolicy(type(p.cfg).from_dict({**old, "objective": {**old["objective"], "d_embedding": "linear"}}))
     lin.load_state_dict(p.state_dict())
     save_weights(tmp_path / "old.safetensors", lin.state_dict(), {"policy_config": old}, step=3)
     loaded, run = ShortcutPolicy.from_checkpoint(tmp_path / "old.safetensors")
     assert loaded.net.time_emb.d_embedding == "linear" and run["policy_config"]["objective"]["d_embedding"] == "linear"
+    # and it trained without grid rows (the grid options' defaults changed after it)
+    assert {k: run["policy_config"]["objective"][k] for k in added[1:]} == {
+        "grid_fraction": 0.0, "grid_target": "identity", "grid_max_steps": None}
+    assert loaded.objective.grid_fraction == 0.0 and loaded.objective.grid_max_steps == 16
     obs = {"s": torch.randn(3, 2, 4)}
     g = torch.Generator().manual_seed(1)
     want = lin.eval().predict_action_chunk(obs, generator=g)
@@ -235,7 +254,7 @@ def test_grid_target_consistency_trains_the_grid_rows_on_two_half_jumps_of_the_t
     """grid_target = "consistency": the grid rows' target is the teacher's two half jumps (no JVP there),
     the other interval rows keep the identity's JVP target and the d = 0 rows v; the teacher is the
     online network unless one is given, and its condition is the batch's unless one is given."""
-    obj = MeanFlowObjective(16, interval_fraction=0.5, grid_fraction=0.5, grid_target="consistency")
+    obj = MeanFlowObjective(16, interval_fraction=0.5, grid_fraction=0.5, grid_target="consistency", grid_max_steps=None)
     assert obj.describe()["grid_target"] == "consistency"
     w = torch.randn(3, 3, dtype=torch.float64)
 
@@ -272,9 +291,9 @@ def test_grid_target_consistency_trains_the_grid_rows_on_two_half_jumps_of_the_t
     # without a teacher the online network builds the targets: the loss differs from the 2x teacher's
     loss_online, _ = obj.loss(net, x1, cond, generator=torch.Generator().manual_seed(5))
     assert not torch.allclose(loss_online, loss)
-    # the default keeps the identity on the grid rows: no teacher call
+    # the identity on the grid rows needs no teacher call
     teacher_calls.clear()
-    MeanFlowObjective(16, 0.5, grid_fraction=0.5).loss(net, x1, cond, teacher=teacher, generator=torch.Generator().manual_seed(5))
+    MeanFlowObjective(16, 0.5, grid_fraction=0.5, grid_target="identity").loss(net, x1, cond, teacher=teacher, generator=torch.Generator().manual_seed(5))
     assert teacher_calls == []
     assert make_objective({"kind": "meanflow", "grid_fraction": 0.5, "grid_target": "consistency"}).grid_target == "consistency"
     with pytest.raises(ValueError, match="grid_target"):

@@ -21,15 +21,16 @@ Times: t and the far end are drawn from a logit-normal (mean ``time_mu``, std ``
 paper's (-0.4, 1.0) in its reversed time is (+0.4, 1.0) here); a share ``interval_fraction`` of the
 batch gets an interval (t, r sorted), the rest d = 0. These draws never reach the one-step interval
 (t = 0, d = 1); ``grid_fraction`` draws a share of the interval rows on the sampler's dyadic grid
-instead (0.5 wrecked a PushT run at every step count, docs/pusht.md: the default stays 0), and
-``grid_target`` says what those rows learn: ``"identity"`` (the JVP target above) or ``"consistency"``
-(the shortcut model's: the average velocity of two half jumps of the teacher, no gradient), a target
-that holds the network's outputs but not its slope in d, so it cannot feed on its own steepness the
-way the identity's does on large intervals (docs/objectives.md); with grid_fraction 0.5 it gave one
-step its first Adroit door successes and cost two to eight steps (docs/suites.md), and
-``grid_max_steps`` keeps the grid rows on the jumps of the 1, 2, ..., grid_max_steps-step samplers
-only (1: every grid row is the one-step jump, the one interval the identity cannot learn; the finer
-cells stay with the identity, and the door's two-to-sixteen-step policies with them). The
+instead, ``grid_target`` says what those rows learn: ``"identity"`` (the JVP target above; 0.5 of it
+wrecked a PushT run at every step count, docs/pusht.md) or ``"consistency"`` (the shortcut model's:
+the average velocity of two half jumps of the teacher, no gradient), a target that holds the
+network's outputs but not its slope in d, so it cannot feed on its own steepness the way the
+identity's does on large intervals (docs/objectives.md), and ``grid_max_steps`` keeps the grid rows
+on the jumps of the 1, 2, ..., grid_max_steps-step samplers. On every level the two half jumps gave
+one step its first Adroit door successes and cost two to eight steps (docs/suites.md); on the
+one-step jump alone (grid_max_steps 1), the one interval the identity cannot learn, they lift one
+step and leave the finer cells, and the few-step policies, to the identity. That is the default
+(half the interval rows, two half jumps, the one-step jump); grid_fraction 0 is the paper's MeanFlow. The
 primal output of the JVP is the prediction (its gradient reaches the weights); only the interval
 rows take the forward pass with tangents, the d = 0 rows (flow matching, target v) a plain one.
 Each example's squared error is weighted by 1 / (its own error + 1e-3), held fixed (the paper's
@@ -87,8 +88,8 @@ class MeanFlowObjective(ShortcutObjective):
     (``max_steps`` = M: the sampler's finest step is 1/M; training covers every d in [0, 1 - t])."""
 
     def __init__(self, max_steps: int = 16, interval_fraction: float = 0.25, time_mu: float = 0.4,
-                 time_sigma: float = 1.0, grid_fraction: float = 0.0, d_embedding: str = "unit",
-                 grid_target: str = "identity", grid_max_steps: int | None = None):
+                 time_sigma: float = 1.0, grid_fraction: float = 0.5, d_embedding: str = "unit",
+                 grid_target: str = "consistency", grid_max_steps: int | None = 1):
         # the two-half-jump rows (grid_target "consistency") take the shortcut objective's default weight
         super().__init__(max_steps, consistency_fraction=0.0, consistency_weight=ShortcutConfig.consistency_weight)
         if not 0.0 < interval_fraction <= 1.0:
