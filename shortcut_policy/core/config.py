@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Optional, Union
 
 from .embeddings import SMOOTH_D_EMBEDDINGS
-from .schedule import check_max_steps
+from .schedule import check_grid_max_steps, check_max_steps
 
 GRID_TARGETS = ("identity", "consistency")  # what MeanFlow's grid rows learn (core.meanflow)
 
@@ -123,9 +123,10 @@ class MeanFlowConfig:
             raise ValueError(f"objective.d_embedding must be one of {SMOOTH_D_EMBEDDINGS}, got {self.d_embedding!r}")
         if self.grid_target not in GRID_TARGETS:
             raise ValueError(f"objective.grid_target must be one of {GRID_TARGETS}, got {self.grid_target!r}")
-        g, M = self.grid_max_steps, self.max_inference_steps
-        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g < 1 or g & (g - 1) or g > M):
-            raise ValueError(f"objective.grid_max_steps must be null or a power of two in [1, {M}], got {g!r}")
+        try:
+            check_grid_max_steps(self.grid_max_steps, self.max_inference_steps)
+        except ValueError as e:
+            raise ValueError(f"objective.{e}") from None
 
 
 @dataclass

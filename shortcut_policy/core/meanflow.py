@@ -48,6 +48,7 @@ from .config import GRID_TARGETS, ShortcutConfig
 from .embeddings import SMOOTH_D_EMBEDDINGS
 from .objective import ShortcutObjective, dyadic_cells, index_cond, teacher_condition
 from .sampler import VelocityFn, randn, to_device
+from .schedule import check_grid_max_steps
 
 
 def meanflow_target(fn, x: torch.Tensor, t: torch.Tensor, d: torch.Tensor, v: torch.Tensor
@@ -100,12 +101,7 @@ class MeanFlowObjective(ShortcutObjective):
         if grid_target not in GRID_TARGETS:
             raise ValueError(f"grid_target must be one of {GRID_TARGETS}, got {grid_target!r}")
         self.grid_target = grid_target
-        if grid_max_steps is None:
-            grid_max_steps = max_steps
-        if isinstance(grid_max_steps, bool) or not isinstance(grid_max_steps, int) or grid_max_steps < 1 \
-                or grid_max_steps & (grid_max_steps - 1) or grid_max_steps > max_steps:
-            raise ValueError(f"grid_max_steps must be a power of two in [1, {max_steps}], got {grid_max_steps!r}")
-        self.grid_max_steps = grid_max_steps
+        self.grid_max_steps = check_grid_max_steps(grid_max_steps, max_steps)
         if d_embedding not in SMOOTH_D_EMBEDDINGS:
             raise ValueError(f"d_embedding must be one of {SMOOTH_D_EMBEDDINGS}, got {d_embedding!r}")
         self.d_embedding = d_embedding

@@ -16,6 +16,14 @@ def check_max_steps(max_steps: int) -> int:
     return int(math.log2(max_steps))
 
 
+def check_grid_max_steps(grid_max_steps: int | None, max_steps: int) -> int:
+    """Validate MeanFlow's ``grid_max_steps`` (a power of two in [1, M]; None: M) and return it."""
+    g = max_steps if grid_max_steps is None else grid_max_steps
+    if isinstance(g, bool) or not isinstance(g, int) or g < 1 or g & (g - 1) or g > max_steps:
+        raise ValueError(f"grid_max_steps must be null or a power of two in [1, {max_steps}], got {grid_max_steps!r}")
+    return g
+
+
 DYADIC_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)  # the step counts swept, timed and deployed by default
 
 
