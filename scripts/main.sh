@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: set up, train a PushT low-dim shortcut policy on the shipped
+# The main job on a fresh machine: set up, train a PushT low-dim policy (the default objective, MeanFlow) on the shipped
 # demonstrations (10-25 minutes on a 2-core CPU, depending on the machine), then evaluate it in closed loop on 50 fixed
 # seeds at 1, 2, 4, 8 and 16 network calls per action chunk and print the table.
 #   bash scripts/main.sh                         # defaults

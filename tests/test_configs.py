@@ -41,8 +41,8 @@ def test_image_config_pins_its_own_objective():
     """The DiT's objectives sit on the policies' bases but keep the recipe docs/mnist.md measured (128 levels,
     consistency weight 1), whatever the policy defaults are; command-line overrides still win."""
     policy_default = _compose("train", [])["objective"]
-    assert (policy_default["kind"], policy_default["max_inference_steps"], policy_default["consistency_weight"]) == (
-        "shortcut", 16, 4.0)
+    assert (policy_default["kind"], policy_default["max_inference_steps"], policy_default["grid_max_steps"]) == (
+        "meanflow", 16, 1)
     shortcut = _compose("image", [])["objective"]
     assert (shortcut["kind"], shortcut["max_inference_steps"], shortcut["consistency_weight"]) == ("shortcut", 128, 1.0)
     flow = _compose("image", ["objective=flow_image"])["objective"]

@@ -288,7 +288,7 @@ def test_default_run_folders_of_runs_started_together_differ():
             "print(compose('train').out_dir)").format(repo=str(REPO), cfg=str(REPO / "configs"))
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     dirs = [pr.communicate(timeout=120)[0].strip() for pr in procs]
-    assert all(d.startswith("runs/pusht_lowdim-shortcut-") for d in dirs) and dirs[0] != dirs[1]
+    assert all(d.startswith("runs/pusht_lowdim-meanflow-") for d in dirs) and dirs[0] != dirs[1]
 
 
 # ----------------------------------------------------------------------------- NaN and inf, inputs

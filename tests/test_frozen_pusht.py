@@ -1,4 +1,5 @@
-"""Frozen outputs of the default PushT low-dim run: the first training losses and a checkpoint's actions
+"""Frozen outputs of the PushT low-dim shortcut run (the package default until 2026-12-05, so it pins
+objective=shortcut): the first training losses and a checkpoint's actions
 must stay what the code produced before observations became shape_meta dicts (tests/data/
 pusht_lowdim_frozen.json, recorded at commit 2f6fcb6). A change that moves them changes the numbers
 every PushT result in docs/ was measured with; it must be deliberate (re-record the file, say why)."""
@@ -25,7 +26,7 @@ def test_default_pusht_run_reproduces_frozen_losses_and_actions(tmp_path):
     try:
         with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
             cfg = compose("train", overrides=[
-                "train.steps=6", "train.log_every=1", "train.val_every=1000", "train.progress=false",
+                "objective=shortcut", "train.steps=6", "train.log_every=1", "train.val_every=1000", "train.progress=false",
                 "train.ckpt_every=6", "train.num_threads=1", f"out_dir={tmp_path}",
                 f"task.dataset.path={REPO / 'datasets' / 'pusht_lowdim.zarr'}"])
         run_training(OmegaConf.to_container(cfg, resolve=True))

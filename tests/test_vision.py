@@ -493,7 +493,7 @@ def test_tiny_image_policy_trains_then_evaluates_in_closed_loop(tmp_path):
                            "--out", str(tmp_path / "deploy.json")], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     dep = json.loads((tmp_path / "deploy.json").read_text())
-    assert dep["task"] == "pusht_image" and dep["rows"]["shortcut@1"]["backend"] == "onnx"
+    assert dep["task"] == "pusht_image" and dep["rows"]["meanflow@1"]["backend"] == "onnx"  # the default objective
 
 
 def test_real_time_controller_drives_an_exported_image_policy_from_camera_frames(tmp_path):
