@@ -19,12 +19,11 @@ from typing import Any
 
 import torch
 
+from .core.config import with_pre_option_values
 from .utils import atomic_path
 
 FORMAT = "shortcut-policy/1"
 WEIGHTS_FORMAT = "shortcut-policy-weights/1"
-# what a MeanFlow checkpoint saved before each of these options existed was trained with
-MEANFLOW_OLD_DEFAULTS = {"d_embedding": "linear", "grid_fraction": 0.0, "grid_target": "identity", "grid_max_steps": None}
 
 
 class CheckpointError(RuntimeError):
@@ -157,11 +156,8 @@ def load_trained(module_factory, path: str | Path, config_key: str, weights: str
     if config_key not in cfg:
         raise CheckpointError(f"{path} holds no {config_key!r} (is it a checkpoint of {other_kind}?)")
     objective = cfg[config_key].get("objective") if isinstance(cfg[config_key], dict) else None
-    if isinstance(objective, dict) and objective.get("kind") == "meanflow":
-        # a MeanFlow checkpoint from before an option existed trained as that option's old default does: d on
-        # the t scale, no grid rows, grid rows on the identity's target, grid rows on every level
-        for key, old in MEANFLOW_OLD_DEFAULTS.items():
-            objective.setdefault(key, old)
+    if isinstance(objective, dict):  # options newer than the checkpoint take the values it was trained with
+        cfg[config_key]["objective"] = with_pre_option_values(objective)
     try:
         module = module_factory(cfg[config_key])
     except ValueError as e:

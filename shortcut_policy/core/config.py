@@ -96,7 +96,11 @@ class MeanFlowConfig:
     d_embedding: how the network sees d, "unit" (unscaled) or "linear" (on the t scale); see core.embeddings.
     grid_target: what the grid rows learn, "identity" (the JVP target) or "consistency" (two half jumps).
     grid_max_steps: the grid rows draw the jumps of 1, 2, ..., grid_max_steps-step samplers (None: up to M).
+    PRE_OPTION_VALUES: what a checkpoint saved before each option existed was trained with (d on the t scale,
+        no grid rows, grid rows on the identity's target and on every level); see ``with_pre_option_values``.
     """
+    PRE_OPTION_VALUES: ClassVar[dict[str, Any]] = {
+        "d_embedding": "linear", "grid_fraction": 0.0, "grid_target": "identity", "grid_max_steps": None}
     kind: str = "meanflow"
     max_inference_steps: int = 16
     interval_fraction: float = 0.25
@@ -152,6 +156,13 @@ _BY_KIND = {"shortcut": ShortcutConfig, "flow": FlowConfig, "meanflow": MeanFlow
 def _check_kind(cfg, kinds: tuple[str, ...]) -> None:
     if cfg.kind not in kinds:
         raise ValueError(f"{type(cfg).__name__} is for kind {' / '.join(kinds)}, got kind {cfg.kind!r}")
+
+
+def with_pre_option_values(d: dict[str, Any]) -> dict[str, Any]:
+    """A saved objective config with every option it predates set to the value it was trained with (a
+    kind's ``PRE_OPTION_VALUES``), not to today's default; the options it names are kept."""
+    cls = _BY_KIND.get(d.get("kind", "shortcut"))
+    return {**getattr(cls, "PRE_OPTION_VALUES", {}), **d}
 
 
 def objective_config(d: dict[str, Any] | ObjectiveConfig) -> ObjectiveConfig:

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from .config import GRID_TARGETS, ShortcutConfig
+from .config import GRID_TARGETS, MeanFlowConfig, ShortcutConfig
 from .embeddings import SMOOTH_D_EMBEDDINGS
 from .objective import ShortcutObjective, dyadic_cells, index_cond, teacher_condition
 from .sampler import VelocityFn, randn, to_device
@@ -88,9 +88,11 @@ class MeanFlowObjective(ShortcutObjective):
     """Loss and sampler of a MeanFlow model; sampling, step counts and export as a shortcut model's
     (``max_steps`` = M: the sampler's finest step is 1/M; training covers every d in [0, 1 - t])."""
 
-    def __init__(self, max_steps: int = 16, interval_fraction: float = 0.25, time_mu: float = 0.4,
-                 time_sigma: float = 1.0, grid_fraction: float = 0.5, d_embedding: str = "unit",
-                 grid_target: str = "consistency", grid_max_steps: int | None = 1):
+    def __init__(self, max_steps: int = MeanFlowConfig.max_inference_steps,
+                 interval_fraction: float = MeanFlowConfig.interval_fraction, time_mu: float = MeanFlowConfig.time_mu,
+                 time_sigma: float = MeanFlowConfig.time_sigma, grid_fraction: float = MeanFlowConfig.grid_fraction,
+                 d_embedding: str = MeanFlowConfig.d_embedding, grid_target: str = MeanFlowConfig.grid_target,
+                 grid_max_steps: int | None = MeanFlowConfig.grid_max_steps):  # the defaults live in MeanFlowConfig
         # the two-half-jump rows (grid_target "consistency") take the shortcut objective's default weight
         super().__init__(max_steps, consistency_fraction=0.0, consistency_weight=ShortcutConfig.consistency_weight)
         if not 0.0 < interval_fraction <= 1.0:
