@@ -155,9 +155,12 @@ def load_trained(module_factory, path: str | Path, config_key: str, weights: str
         sd = state["ema"]["module"] if weights == "ema" else state["model"]
     if config_key not in cfg:
         raise CheckpointError(f"{path} holds no {config_key!r} (is it a checkpoint of {other_kind}?)")
-    objective = cfg[config_key].get("objective") if isinstance(cfg[config_key], dict) else None
-    if isinstance(objective, dict):  # options newer than the checkpoint take the values it was trained with
-        cfg[config_key]["objective"] = with_pre_option_values(objective)
+    if isinstance(cfg[config_key], dict):
+        # a config saved before the objective was an option trained the shortcut model, whatever today's
+        # default; options newer than the checkpoint take the values it was trained with
+        objective = cfg[config_key].get("objective", {"kind": "shortcut"})
+        if isinstance(objective, dict):
+            cfg[config_key]["objective"] = with_pre_option_values(objective)
     try:
         module = module_factory(cfg[config_key])
     except ValueError as e:

@@ -256,3 +256,17 @@ def test_executed_actions_per_chunk_can_be_changed_for_deployment():
         assert len(calls) == 8 // n_act
     with pytest.raises(ValueError, match="horizon .8. must cover n_obs_steps - 1 \\+ n_action_steps .9."):
         p.set_n_action_steps(8)
+
+
+def test_the_default_objective_is_meanflow_and_a_config_saved_without_one_loads_as_the_shortcut_model(tmp_path):
+    from shortcut_policy.checkpoint import save_weights
+
+    assert PolicyConfig(shape_meta=SHAPE_META, **TINY).objective.kind == "meanflow"  # as configs/train.yaml
+    p = make_policy("shortcut")
+    saved = {k: v for k, v in p.cfg.to_dict().items() if k != "objective"}  # written before the option existed
+    save_weights(tmp_path / "old.safetensors", p.state_dict(), {"policy_config": saved}, step=1)
+    loaded, run = ShortcutPolicy.from_checkpoint(tmp_path / "old.safetensors")
+    assert run["policy_config"]["objective"]["kind"] == "shortcut" and loaded.cfg.objective.kind == "shortcut"
+    obs = O(torch.randn(3, 2, 5) * 10 + 3)
+    want = p.eval().predict_action_chunk(obs, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(loaded.predict_action_chunk(obs, generator=torch.Generator().manual_seed(2)), want)

@@ -99,13 +99,15 @@ def train_samples_per_s(policy, dataset, batch_size: int, n_steps: int = 20, see
 
 def throughput(datasets: dict[str, Any], batch_size: int = 64, workers: Sequence[int] = (0, 2),
                train_steps: dict[str, int] | None = None) -> dict[str, Any]:
-    """Per dataset: loader samples/s (each worker count) against training samples/s of a default policy
-    (unet1d_small; the ResNet-18 encoder for cameras) on it, the step time, and which one bounds."""
+    """Per dataset: loader samples/s (each worker count) against training samples/s of a policy
+    (unet1d_small, the shortcut objective the published figures were measured with; the ResNet-18
+    encoder for cameras) on it, the step time, and which one bounds."""
     from ..policy import PolicyConfig, ShortcutPolicy
 
     out: dict[str, Any] = {"batch_size": batch_size, "torch_threads": torch.get_num_threads()}
     for name, ds in datasets.items():
-        policy = ShortcutPolicy(PolicyConfig(shape_meta=ds.shape_meta.to_dict(), net="unet1d_small"))
+        policy = ShortcutPolicy(PolicyConfig(shape_meta=ds.shape_meta.to_dict(), net="unet1d_small",
+                                             objective={"kind": "shortcut"}))
         policy.normalizer.load_state_dict(ds.get_normalizer().state_dict())
         loader = {str(w): loader_samples_per_s(ds, batch_size, num_workers=w) for w in workers}
         train = train_samples_per_s(policy, ds, batch_size, n_steps=(train_steps or {}).get(name, 20))
@@ -193,7 +195,8 @@ def run_data_benchmarks(lerobot_pusht: Path, dp_zarr: Path, lowdim_zarr: Path, w
         "path": str(lowdim_zarr), "obs": {"keypoint": "keypoint", "agent_pos": {"key": "state", "index": [0, 2]}},
         "action": "action"}))
     images = SequenceDataset(work / "pusht_lerobot.zarr", ["observation.image", "observation.state"], "action")
-    policy = ShortcutPolicy(PolicyConfig(shape_meta=lowdim.shape_meta.to_dict(), net="unet1d_small"))
+    policy = ShortcutPolicy(PolicyConfig(shape_meta=lowdim.shape_meta.to_dict(), net="unet1d_small",
+                                         objective={"kind": "shortcut"}))
     policy.normalizer.load_state_dict(lowdim.get_normalizer().state_dict())
     out["throughput"] = {
         "batch_size": batch_size, "torch_threads": torch.get_num_threads(),

@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.config import ObjectiveConfig, ShortcutConfig, objective_config
+from ..core.config import MeanFlowConfig, ObjectiveConfig, objective_config
 from ..shape_meta import ShapeMeta, ShapeMetaError
 
 @dataclass
@@ -29,7 +29,7 @@ class PolicyConfig:
     obs_encoder: dict[str, Any] = field(default_factory=dict)
     net: str = "unet1d"
     net_kwargs: dict[str, Any] = field(default_factory=dict)
-    objective: ObjectiveConfig = field(default_factory=ShortcutConfig)
+    objective: ObjectiveConfig = field(default_factory=MeanFlowConfig)  # the package default, as configs/train.yaml
 
     def __post_init__(self):
         self.objective = objective_config(self.objective)
