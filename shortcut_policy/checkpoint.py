@@ -155,12 +155,10 @@ def load_trained(module_factory, path: str | Path, config_key: str, weights: str
         sd = state["ema"]["module"] if weights == "ema" else state["model"]
     if config_key not in cfg:
         raise CheckpointError(f"{path} holds no {config_key!r} (is it a checkpoint of {other_kind}?)")
-    if isinstance(cfg[config_key], dict):
-        # a config saved before the objective was an option trained the shortcut model, whatever today's
-        # default; options newer than the checkpoint take the values it was trained with
-        objective = cfg[config_key].get("objective", {"kind": "shortcut"})
-        if isinstance(objective, dict):
-            cfg[config_key]["objective"] = with_pre_option_values(objective)
+    saved = cfg[config_key]
+    if isinstance(saved, dict) and isinstance(saved.get("objective", {}), dict):
+        # options newer than the checkpoint take the values it was trained with (a bad value is named below)
+        saved["objective"] = with_pre_option_values(saved.get("objective"))
     try:
         module = module_factory(cfg[config_key])
     except ValueError as e:

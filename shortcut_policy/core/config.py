@@ -158,11 +158,13 @@ def _check_kind(cfg, kinds: tuple[str, ...]) -> None:
         raise ValueError(f"{type(cfg).__name__} is for kind {' / '.join(kinds)}, got kind {cfg.kind!r}")
 
 
-def with_pre_option_values(d: dict[str, Any]) -> dict[str, Any]:
-    """A saved objective config with every option it predates set to the value it was trained with (a
-    kind's ``PRE_OPTION_VALUES``), not to today's default; the options it names are kept."""
-    cls = _BY_KIND.get(d.get("kind", "shortcut"))
-    return {**getattr(cls, "PRE_OPTION_VALUES", {}), **d}
+def with_pre_option_values(d: dict[str, Any] | None) -> dict[str, Any]:
+    """A saved objective config with its kind named and every option it predates set to the value it was
+    trained with (a kind's ``PRE_OPTION_VALUES``), not to today's default; the options it names are kept.
+    A config saved without a kind, or without an objective at all (None), trained the shortcut model,
+    the only objective then, whatever today's default is."""
+    d = {"kind": "shortcut", **(d or {})}
+    return {**getattr(_BY_KIND.get(d["kind"]), "PRE_OPTION_VALUES", {}), **d}
 
 
 def objective_config(d: dict[str, Any] | ObjectiveConfig) -> ObjectiveConfig:
