@@ -1,12 +1,19 @@
-"""Environment steps per second of the MuJoCo suites, with and without cameras (a results file).
+"""Environment steps per second of the MuJoCo suites, with and without cameras, and the resident
+memory each environment holds (a results file).
 
     python scripts/bench_envs.py --out docs/results/suites/data/env_speed.json
 
-Random actions from each action space, resets counted where an episode ends, a warm-up of 20 steps
-first (the first robosuite environment of a process compiles numba kernels for about 2 s).
+Speed: random actions from each action space, resets counted where an episode ends, a warm-up of 20
+steps first (the first robosuite environment of a process compiles numba kernels for about 2 s).
+Memory: the growth of this process's resident set (Linux ``/proc/self/statm``) while ``n`` more
+environments are built and reset after a first one (so imports and one-time caches are not counted);
+a Meta-World env over several tasks is reset on each of them, since it keeps every task it has run.
+This is what sizes an evaluation's ``max_envs``.
 """
 from __future__ import annotations
 
+import gc
+import os
 import time
 from typing import Any, Callable
 
@@ -29,6 +36,38 @@ def steps_per_s(make: Callable[[], Any], steps: int = 300, warmup: int = 20, see
         env.close()
 
 
+def resident_mb() -> float:
+    """This process's resident set in MB (Linux)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _reset_all(env: Any, seed: int) -> None:
+    for task in getattr(env, "tasks", [None]):  # a multi-task env keeps each task it has run
+        env.reset(seed=seed, options=None if task is None else {"task": task})
+
+
+def resident_mb_per_env(make: Callable[[], Any], n: int = 4) -> float:
+    """Resident memory (MB) each environment of ``make()`` holds once built and reset: the growth over
+    ``n`` environments built after a first one, divided by ``n``."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    envs = [make()]
+    try:
+        _reset_all(envs[0], 0)
+        gc.collect()
+        before = resident_mb()
+        for i in range(n):
+            envs.append(make())
+            _reset_all(envs[-1], i + 1)
+        gc.collect()
+        return (resident_mb() - before) / n
+    finally:
+        for env in envs:
+            env.close()
+
+
 def cases() -> dict[str, Callable[[], Any]]:
     from .adroit import AdroitDoorEnv
     from .metaworld import MetaWorldEnv
@@ -44,18 +83,31 @@ def cases() -> dict[str, Callable[[], Any]]:
     }
 
 
+def memory_cases() -> dict[str, Callable[[], Any]]:
+    """The speed cases and the multi-task env that sizes ``metaworld_mt10``'s ``max_envs``."""
+    from .metaworld import MetaWorldEnv
+
+    return {**cases(), "Meta-World MT10, after all ten tasks": lambda: MetaWorldEnv("mt10")}
+
+
 def main(argv: list[str] | None = None) -> None:
     from shortcut_policy import cli
     from shortcut_policy.results import result_doc, write_result
 
     ap = cli.parser(__doc__, "bench_envs")
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--memory-envs", type=int, default=4, help="environments built per memory figure")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    rates = {}
+    rates, memory = {}, {}
     for name, make in cases().items():
         rates[name] = steps_per_s(make, args.steps)
-        print(f"{name:36s} {rates[name]:8.1f} steps/s")
+        print(f"{name:38s} {rates[name]:8.1f} steps/s")
+    for name, make in memory_cases().items():
+        memory[name] = resident_mb_per_env(make, args.memory_envs)
+        print(f"{name:38s} {memory[name]:8.1f} MB resident per env")
     if args.out:
         write_result(args.out, result_doc("data", "suites", "env-speed", {}, steps_per_s=rates, steps_timed=args.steps,
-                                          about="environment steps per second under random actions"))
+                                          resident_mb_per_env=memory, memory_envs=args.memory_envs,
+                                          about="environment steps per second under random actions, and the "
+                                                "resident memory each environment holds once built and reset"))

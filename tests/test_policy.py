@@ -129,6 +129,8 @@ def test_bad_inputs_are_named():
         PolicyConfig(shape_meta=SHAPE_META, horizon=8, n_obs_steps=2, n_action_steps=8)
     with pytest.raises(ValueError, match="objective.kind"):
         objective_config({"kind": "gan"})
+    with pytest.raises(ValueError, match=r"objective must name its kind .*\['max_inference_steps'\]"):
+        objective_config({"max_inference_steps": 8})  # no silent default kind: only old checkpoints get one
     with pytest.raises(ValueError, match="objective.parameterization"):
         objective_config({"kind": "shortcut", "parameterization": "epsilon"})
     with pytest.raises(ValueError, match=r"\['parameterization'\] do not apply to kind 'ddpm' \(fields of kind flow, shortcut\)"):

@@ -208,6 +208,29 @@ def test_environment_speed_probe_counts_steps_and_resets():
     assert rate > 0 and len(made) == 1
 
 
+def test_memory_probe_measures_what_each_env_holds():
+    import numpy as np
+
+    from shortcut_policy.envs.bench import resident_mb_per_env
+
+    class Holder:  # an "env" holding 40 MB (touched, so resident) from its first reset
+        tasks = ("a", "b")
+
+        def __init__(self):
+            self.held, self.visited = [], []
+
+        def reset(self, seed=None, options=None):
+            self.visited.append(options["task"])
+            self.held.append(np.ones(20 * 2**20 // 8))  # 20 MB per task it has run
+
+        def close(self):
+            assert self.visited == ["a", "b"]  # every task was reset once
+
+    assert resident_mb_per_env(Holder, n=3) == pytest.approx(40.0, abs=4.0)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        resident_mb_per_env(Holder, n=0)
+
+
 @pytest.mark.slow  # offscreen rendering (EGL or OSMesa) and a ResNet forward
 def test_robosuite_camera_observations_feed_the_vision_encoder():
     import torch

@@ -168,12 +168,15 @@ def with_pre_option_values(d: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def objective_config(d: dict[str, Any] | ObjectiveConfig) -> ObjectiveConfig:
-    """The typed config of ``d["kind"]``; an unknown field, or a field of another kind, is named."""
+    """The typed config of ``d["kind"]``; a missing kind, an unknown field, or a field of another kind
+    is named. A saved config without a kind gets the one it trained with from ``with_pre_option_values``."""
     if isinstance(d, (ShortcutConfig, FlowConfig, MeanFlowConfig, DiffusionConfig)):
         return d
     if not isinstance(d, dict):
         raise ValueError(f"objective must be a mapping with a 'kind', got {d!r}")
-    kind = d.get("kind", "shortcut")
+    if "kind" not in d:
+        raise ValueError(f"objective must name its kind (one of {KINDS}); got the fields {sorted(d)}")
+    kind = d["kind"]
     if kind not in _BY_KIND:
         raise ValueError(f"objective.kind must be one of {KINDS}, got {kind!r}")
     cls = _BY_KIND[kind]
