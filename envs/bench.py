@@ -6,7 +6,8 @@ memory each environment holds (a results file).
 Speed: random actions from each action space, resets counted where an episode ends, a warm-up of 20
 steps first (the first robosuite environment of a process compiles numba kernels for about 2 s).
 Memory: the growth of this process's resident set (Linux ``/proc/self/statm``) while ``n`` more
-environments are built and reset after a first one (so imports and one-time caches are not counted);
+environments are built and reset after a first one (so imports and one-time caches are not counted),
+each case in a new process;
 a Meta-World env over several tasks is reset on each of them, since it keeps every task it has run.
 This is what sizes an evaluation's ``max_envs``.
 """
@@ -83,6 +84,20 @@ def cases() -> dict[str, Callable[[], Any]]:
     }
 
 
+def _memory_of_case(name: str, n: int) -> float:
+    return resident_mb_per_env(memory_cases()[name], n)
+
+
+def resident_mb_per_env_fresh(name: str, n: int) -> float:
+    """``resident_mb_per_env`` of the memory case ``name`` in a new process: in one process the memory an
+    earlier case freed is reused by the next without growing the resident set."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_memory_of_case, name, n).result()
+
+
 def memory_cases() -> dict[str, Callable[[], Any]]:
     """The speed cases and the multi-task env that sizes ``metaworld_mt10``'s ``max_envs``."""
     from .metaworld import MetaWorldEnv
@@ -103,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, make in cases().items():
         rates[name] = steps_per_s(make, args.steps)
         print(f"{name:38s} {rates[name]:8.1f} steps/s")
-    for name, make in memory_cases().items():
-        memory[name] = resident_mb_per_env(make, args.memory_envs)
+    for name in memory_cases():
+        memory[name] = resident_mb_per_env_fresh(name, args.memory_envs)
         print(f"{name:38s} {memory[name]:8.1f} MB resident per env")
     if args.out:
         write_result(args.out, result_doc("data", "suites", "env-speed", {}, steps_per_s=rates, steps_timed=args.steps,

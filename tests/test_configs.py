@@ -64,6 +64,12 @@ def test_objective_yamls_are_typed_configs_on_shared_bases():
         assert type(cfg) is cls and cfg.kind == name
     # the flow base keeps its own 128-point grid (the baseline's measured setting); shortcut overrides to 16
     assert _compose("train", ["objective=flow"])["objective"]["max_inference_steps"] == 128
+    # MT10's MeanFlow recipe is the default with its three measured changes, nothing else
+    from shortcut_policy.core.config import MeanFlowConfig
+
+    mt10 = objective_config(_compose("train", ["objective=meanflow_mt10"])["objective"])
+    assert mt10 == MeanFlowConfig(time_mu=0.0, time_sigma=1.6, flow_weight="mean")
+    assert objective_config(_compose("train", ["objective=meanflow"])["objective"]) == MeanFlowConfig()
 
 
 @pytest.mark.parametrize("task", sorted(p.stem for p in (Path(CONFIGS) / "task").glob("*.yaml")))

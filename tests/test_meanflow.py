@@ -162,6 +162,35 @@ def test_loss_runs_the_jvp_on_the_interval_rows_only_and_equals_the_whole_batch_
     assert math.isclose(info["loss_flow"], err[2:].mean().item(), rel_tol=1e-9)  # raw errors are what is logged
 
 
+def test_flow_weight_mean_weights_the_flow_rows_as_flow_matching_does():
+    """flow_weight "mean": the d = 0 rows' squared errors divided by their batch mean (flow matching's loss, up
+    to a held constant), the interval rows still each by its own error; the default divides every row by its own."""
+    w = torch.randn(3, 3, dtype=torch.float64)
+
+    def net(x, t, d, cond):
+        return torch.tanh(x @ w) * (1 + t[:, None]) + d[:, None] ** 2 + cond
+
+    x1, cond = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)
+    losses = {}
+    for fw in ("adaptive", "mean"):
+        obj = make_objective({"kind": "meanflow", "interval_fraction": 0.25, "grid_fraction": 0.0, "flow_weight": fw})
+        assert obj.describe()["flow_weight"] == fw
+        losses[fw], _ = obj.loss(net, x1, cond, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(x1.shape, generator=g, dtype=x1.dtype)
+    t, d = obj.times(8, g)
+    x_t = (1 - t[:, None]) * x0 + t[:, None] * x1
+    u, target = meanflow_target(lambda x, tt, dd: net(x, tt, dd, cond), x_t, t, d, x1 - x0)
+    err = (u - target).pow(2).mean(1)
+    scale = torch.cat([err[:2] + 1e-3, (err[2:].mean() + 1e-3).expand(6)])
+    assert torch.allclose(losses["mean"], (err / scale).mean(), atol=1e-12)
+    assert torch.allclose(losses["adaptive"], (err / (err + 1e-3)).mean(), atol=1e-12)
+    assert not torch.allclose(losses["mean"], losses["adaptive"], atol=1e-6)
+    assert MeanFlowConfig.PRE_OPTION_VALUES["flow_weight"] == "adaptive"  # what checkpoints before it trained with
+    with pytest.raises(ValueError, match="flow_weight"):
+        objective_config({"kind": "meanflow", "flow_weight": "mse"})
+
+
 def test_sampler_feeds_the_true_jump():
     obj = MeanFlowObjective(8)
     seen = []

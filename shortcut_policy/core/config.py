@@ -22,6 +22,7 @@ from .embeddings import SMOOTH_D_EMBEDDINGS
 from .schedule import check_grid_max_steps, check_max_steps
 
 GRID_TARGETS = ("identity", "consistency")  # what MeanFlow's grid rows learn (core.meanflow)
+FLOW_WEIGHTS = ("adaptive", "mean")  # how MeanFlow weights its flow rows (core.meanflow)
 
 KINDS = ("shortcut", "flow", "meanflow", "ddpm", "ddim")
 PARAMETERIZATIONS = ("velocity", "endpoint")
@@ -96,11 +97,14 @@ class MeanFlowConfig:
     d_embedding: how the network sees d, "unit" (unscaled) or "linear" (on the t scale); see core.embeddings.
     grid_target: what the grid rows learn, "identity" (the JVP target) or "consistency" (two half jumps).
     grid_max_steps: the grid rows draw the jumps of 1, 2, ..., grid_max_steps-step samplers (None: up to M).
+    flow_weight: how the flow rows (d = 0) are weighted: "adaptive" (each by its own error, the paper's) or "mean"
+        (by their batch mean error: flow matching's squared error, at the adaptive rows' scale).
     PRE_OPTION_VALUES: what a checkpoint saved before each option existed was trained with (d on the t scale,
         no grid rows, grid rows on the identity's target and on every level); see ``with_pre_option_values``.
     """
     PRE_OPTION_VALUES: ClassVar[dict[str, Any]] = {
-        "d_embedding": "linear", "grid_fraction": 0.0, "grid_target": "identity", "grid_max_steps": None}
+        "d_embedding": "linear", "grid_fraction": 0.0, "grid_target": "identity", "grid_max_steps": None,
+        "flow_weight": "adaptive"}
     kind: str = "meanflow"
     max_inference_steps: int = 16
     interval_fraction: float = 0.25
@@ -110,6 +114,7 @@ class MeanFlowConfig:
     d_embedding: str = "unit"
     grid_target: str = "consistency"
     grid_max_steps: Optional[int] = 1
+    flow_weight: str = "adaptive"
 
     def __post_init__(self):
         _check_kind(self, ("meanflow",))
@@ -131,6 +136,8 @@ class MeanFlowConfig:
             check_grid_max_steps(self.grid_max_steps, self.max_inference_steps)
         except ValueError as e:
             raise ValueError(f"objective.{e}") from None
+        if self.flow_weight not in FLOW_WEIGHTS:
+            raise ValueError(f"objective.flow_weight must be one of {FLOW_WEIGHTS}, got {self.flow_weight!r}")
 
 
 @dataclass
@@ -208,7 +215,8 @@ def make_objective(cfg: ObjectiveConfig | dict[str, Any]):
         return DiffusionObjective(num_train_timesteps=cfg.num_train_timesteps, sampler=cfg.kind)
     if isinstance(cfg, MeanFlowConfig):
         return MeanFlowObjective(cfg.max_inference_steps, cfg.interval_fraction, cfg.time_mu, cfg.time_sigma,
-                                 cfg.grid_fraction, cfg.d_embedding, cfg.grid_target, cfg.grid_max_steps)
+                                 cfg.grid_fraction, cfg.d_embedding, cfg.grid_target, cfg.grid_max_steps,
+                                 cfg.flow_weight)
     frac = cfg.consistency_fraction if isinstance(cfg, ShortcutConfig) else 0.0
     weight = cfg.consistency_weight if isinstance(cfg, ShortcutConfig) else 1.0
     return ShortcutObjective(cfg.max_inference_steps, frac, consistency_weight=weight,

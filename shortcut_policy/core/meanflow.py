@@ -36,7 +36,8 @@ rows take the forward pass with tangents, the d = 0 rows (flow matching, target 
 Each example's squared error is weighted by 1 / (its own error + 1e-3), held fixed (the paper's
 adaptive loss, power 1): without it the JVP's early, very large targets wrecked a TwoCubeLift run
 at lr 1e-3 (docs/objectives.md). The two-half-jump rows are the exception: weighted as the shortcut
-objective weights them, 4x over the flow rows' mean error.
+objective weights them, 4x over the flow rows' mean error. ``flow_weight`` "mean" weights the flow rows
+(d = 0) by their batch mean error instead of each by its own: flow matching's squared error.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from typing import Any
 
 import torch
 
-from .config import GRID_TARGETS, MeanFlowConfig, ShortcutConfig
+from .config import FLOW_WEIGHTS, GRID_TARGETS, MeanFlowConfig, ShortcutConfig
 from .embeddings import SMOOTH_D_EMBEDDINGS
 from .objective import ShortcutObjective, dyadic_cells, index_cond, teacher_condition
 from .sampler import VelocityFn, randn, to_device
@@ -92,7 +93,8 @@ class MeanFlowObjective(ShortcutObjective):
                  interval_fraction: float = MeanFlowConfig.interval_fraction, time_mu: float = MeanFlowConfig.time_mu,
                  time_sigma: float = MeanFlowConfig.time_sigma, grid_fraction: float = MeanFlowConfig.grid_fraction,
                  d_embedding: str = MeanFlowConfig.d_embedding, grid_target: str = MeanFlowConfig.grid_target,
-                 grid_max_steps: int | None = MeanFlowConfig.grid_max_steps):  # the defaults live in MeanFlowConfig
+                 grid_max_steps: int | None = MeanFlowConfig.grid_max_steps,
+                 flow_weight: str = MeanFlowConfig.flow_weight):  # the defaults live in MeanFlowConfig
         # the two-half-jump rows (grid_target "consistency") take the shortcut objective's default weight
         super().__init__(max_steps, consistency_fraction=0.0, consistency_weight=ShortcutConfig.consistency_weight)
         if not 0.0 < interval_fraction <= 1.0:
@@ -104,6 +106,9 @@ class MeanFlowObjective(ShortcutObjective):
             raise ValueError(f"grid_target must be one of {GRID_TARGETS}, got {grid_target!r}")
         self.grid_target = grid_target
         self.grid_max_steps = check_grid_max_steps(grid_max_steps, max_steps)
+        if flow_weight not in FLOW_WEIGHTS:
+            raise ValueError(f"flow_weight must be one of {FLOW_WEIGHTS}, got {flow_weight!r}")
+        self.flow_weight = flow_weight
         if d_embedding not in SMOOTH_D_EMBEDDINGS:
             raise ValueError(f"d_embedding must be one of {SMOOTH_D_EMBEDDINGS}, got {d_embedding!r}")
         self.d_embedding = d_embedding
@@ -186,6 +191,8 @@ class MeanFlowObjective(ShortcutObjective):
         scale = held + ADAPTIVE_C
         if nc and nc < B:
             scale[:nc] = ((held[n:] if n < B else held[nc:]).mean() + ADAPTIVE_C) / self.consistency_weight
+        if self.flow_weight == "mean" and n < B:  # flow matching's squared error, at the adaptive rows' scale
+            scale[n:] = held[n:].mean() + ADAPTIVE_C
         loss = (err / scale).mean()
         err = held  # logged on the device (the shortcut objective's info)
         info = {"loss": loss.detach(), "loss_flow": err[n:].mean() if n < B else 0.0,
@@ -197,4 +204,5 @@ class MeanFlowObjective(ShortcutObjective):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "max_inference_steps": self.max_steps, "interval_fraction": self.interval_fraction,
                 "time_mu": self.time_mu, "time_sigma": self.time_sigma, "grid_fraction": self.grid_fraction,
-                "d_embedding": self.d_embedding, "grid_target": self.grid_target, "grid_max_steps": self.grid_max_steps}
+                "d_embedding": self.d_embedding, "grid_target": self.grid_target, "grid_max_steps": self.grid_max_steps,
+                "flow_weight": self.flow_weight}
