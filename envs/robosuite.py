@@ -132,6 +132,15 @@ def _reseed(sim, seed: int) -> None:
     walk(getattr(sim, "placement_initializer", None))
 
 
+def _release_gl() -> None:
+    """Leave no EGL context current (no EGL display yet, or another GL backend: nothing to do)."""
+    if os.environ.get("MUJOCO_GL") == "egl":
+        from robosuite.renderers.context.egl_context import EGL, EGL_DISPLAY
+
+        if EGL_DISPLAY is not None:
+            EGL.eglMakeCurrent(EGL_DISPLAY, EGL.EGL_NO_SURFACE, EGL.EGL_NO_SURFACE, EGL.EGL_NO_CONTEXT)
+
+
 class RobosuiteEnv(gym.Env):
     """A robosuite task as a gymnasium env with robomimic's observation names (see the module doc).
 
@@ -179,15 +188,30 @@ class RobosuiteEnv(gym.Env):
             obs[f"{c}_image"] = np.ascontiguousarray(raw[f"{c}_image"][::-1])  # upright, as robomimic stores it
         return obs
 
+    def _gl_current(self) -> None:
+        """Make this env's offscreen GL context current before its sim renders. robosuite renders into
+        whatever context is current, and freeing an old context (``eglReleaseThread``) releases the
+        live one: without this, a second camera env in the process, or the collection of a reset's old
+        scene, left the camera frames as noise on an EGL machine."""
+        ctx = getattr(self.sim.sim, "_render_context_offscreen", None)
+        if ctx is not None:
+            ctx.gl_ctx.make_current()
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if seed is not None:
             _reseed(self.sim, seed)
+        self._gl_current()
         raw = self.sim.reset()
         # the hard reset rebuilt the scene and left the old one (with its renderer's buffers) in reference
         # cycles: collected now, a camera env stays at about 0.6 GB; left to the collector, it grew by about
         # 0.3 GB per reset here
+        # with no GL context current while it runs: an old scene's renderer frees its GL objects by id in
+        # whatever context is current, which would be this env's new one (noise frames on an EGL machine)
+        if self.cameras:
+            _release_gl()
         gc.collect()
+        self._gl_current()
         if options and "state" in options:  # a recorded simulator state (robomimic's states/<t>)
             self.sim.sim.set_state_from_flattened(np.asarray(options["state"], dtype=np.float64))
             self.sim.sim.forward()
@@ -195,12 +219,14 @@ class RobosuiteEnv(gym.Env):
         return self._obs(raw), {}
 
     def step(self, action):
+        self._gl_current()
         raw, _, _, info = self.sim.step(np.asarray(action, dtype=np.float64))
         success = bool(self.sim._check_success())
         info = {**info, "is_success": success}
         return self._obs(raw), float(success), success, False, info
 
     def render(self):
+        self._gl_current()
         frame = self.sim.sim.render(camera_name=self.render_camera, height=self.render_size, width=self.render_size)
         return np.ascontiguousarray(frame[::-1])
 

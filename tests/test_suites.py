@@ -209,11 +209,11 @@ def test_environment_speed_probe_counts_steps_and_resets():
 
 
 def test_memory_probe_measures_what_each_env_holds():
-    import numpy as np
+    import mmap
 
     from shortcut_policy.envs.bench import resident_mb_per_env
 
-    class Holder:  # an "env" holding 40 MB (touched, so resident) from its first reset
+    class Holder:  # an "env" holding 40 MB (fresh pages, touched, so resident) from its first reset
         tasks = ("a", "b")
 
         def __init__(self):
@@ -221,10 +221,14 @@ def test_memory_probe_measures_what_each_env_holds():
 
         def reset(self, seed=None, options=None):
             self.visited.append(options["task"])
-            self.held.append(np.ones(20 * 2**20 // 8))  # 20 MB per task it has run
+            m = mmap.mmap(-1, 20 * 2**20)  # 20 MB per task it has run, never memory an earlier test freed
+            m.write(b"\x01" * len(m))
+            self.held.append(m)
 
         def close(self):
             assert self.visited == ["a", "b"]  # every task was reset once
+            for m in self.held:
+                m.close()
 
     assert resident_mb_per_env(Holder, n=3) == pytest.approx(40.0, abs=4.0)
     with pytest.raises(ValueError, match="n must be >= 1"):
@@ -250,6 +254,25 @@ def test_robosuite_camera_observations_feed_the_vision_encoder():
     p.normalizer.fit({"robot0_eef_pos": torch.randn(20, 3), "action": torch.randn(20, 7)})
     obs = {k: torch.from_numpy(np.stack([a[k], b[k]]))[None] for k in ("agentview_image", "robot0_eef_pos")}
     assert p.eval().predict_action_chunk(obs).shape == (1, 4, 7)
+
+
+@pytest.mark.slow  # offscreen rendering
+def test_camera_frames_after_steps_and_resets_show_the_scene():
+    """Each step's frame stays the scene of its reset (a small arm motion), with two camera envs stepping in
+    turn and after a second reset: an old scene's renderer freed under the live GL context, or one env
+    rendering in another's context, turned every frame after the first into noise (mean difference ~180)."""
+    envs = [RobosuiteEnv(env_name="Lift", cameras=["agentview"]) for _ in range(2)]
+    first = [e.reset(seed=i)[0]["agentview_image"].astype(float) for i, e in enumerate(envs)]
+    for _ in range(3):
+        for e, f in zip(envs, first):
+            frame = e.step(np.zeros(e.action_space.shape))[0]["agentview_image"].astype(float)
+            assert np.abs(frame - f).mean() < 10
+    again = envs[0].reset(seed=0)[0]["agentview_image"].astype(float)
+    assert np.abs(again - first[0]).mean() < 1  # the same seed, the same scene
+    frame = envs[0].step(np.zeros(envs[0].action_space.shape))[0]["agentview_image"].astype(float)
+    assert np.abs(frame - again).mean() < 10
+    for e in envs:
+        e.close()
 
 
 @pytest.mark.slow  # offscreen rendering, six hard resets
