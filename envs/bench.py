@@ -5,11 +5,10 @@ memory each environment holds (a results file).
 
 Speed: random actions from each action space, resets counted where an episode ends, a warm-up of 20
 steps first (the first robosuite environment of a process compiles numba kernels for about 2 s).
-Memory: the growth of this process's resident set (Linux ``/proc/self/statm``) while ``n`` more
-environments are built and reset after a first one (so imports and one-time caches are not counted),
-each case in a new process;
-a Meta-World env over several tasks is reset on each of them, since it keeps every task it has run.
-This is what sizes an evaluation's ``max_envs``.
+Memory: the growth of the resident set (Linux ``/proc/self/statm``) while ``n`` more environments are
+built and reset after a first one (so imports and one-time caches are not counted), each case in a new
+process; a Meta-World env over several tasks is reset on each of them, since it keeps every task it
+has run. This is what sizes an evaluation's ``max_envs``.
 """
 from __future__ import annotations
 
