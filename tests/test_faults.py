@@ -619,6 +619,9 @@ DDP_SCRIPT = textwrap.dedent("""
                       val_every=1, ckpt_every=int(os.environ.get("CKPT_EVERY", 5)), progress=False, device="cpu")
     train(model, Data(), cfg, sys.argv[1], {{"task": {{"name": "toy"}}}})
     assert not torch.distributed.is_initialized()  # the group is left before exit, by every rank
+    if os.path.isdir("/proc/self/task"):  # and freed: no transport thread of it is live at exit
+        names = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+        assert not [n for n in names if "gloo" in n], names
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save(model.state_dict(), sys.argv[1] + "/final_weights.pt")
 """)

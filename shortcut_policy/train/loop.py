@@ -265,6 +265,12 @@ class Dist:
             torch.cuda.set_device(local)
         owned = not tdist.is_initialized()
         if owned:
+            # torch._dynamo, imported later (DistributedDataParallel imports it), takes references to every
+            # process group that exists then and never drops them: the group would outlive ``close`` with its
+            # transport threads live, and a rank could abort at exit ("terminate called without an active
+            # exception"). Imported first, it holds none.
+            import torch._dynamo  # noqa: F401
+
             tdist.init_process_group("nccl" if device_type == "cuda" else "gloo")
         host = tdist.new_group(backend="gloo") if tdist.get_backend() == "nccl" else None
         return cls(tdist.get_rank(), tdist.get_world_size(), local, owned, host)
