@@ -252,13 +252,15 @@ def test_real_clock_never_wakes_early():
 
 
 def test_slow_policy_in_a_thread_never_blocks_the_loop():
-    policy = CountingPolicy(sleep_s=0.15)  # 7.5 periods at 50 Hz
+    policy = CountingPolicy(sleep_s=0.4)  # 20 periods at 50 Hz
     ctrl = RealTimeController(policy, SM, TO, N, ControllerConfig(control_hz=50.0, replan_every=4))
     sent = []
     stats = ctrl.run(lambda: X(np.zeros(D)), lambda a: sent.append(tuple(a)), max_ticks=30)
     assert stats.ticks + stats.overrun_ticks == 30
     periods = np.diff(stats.sent_times)
-    assert periods.max() < 0.1, periods.max()  # a loop waiting for the 0.15 s policy would show >= 0.15 s gaps
+    # a loop waiting for the 0.4 s policy would show gaps of 0.4 s; 0.3 leaves room for a loaded CI machine's
+    # scheduling (a 0.11 s gap was seen beside two busy processes on 2 cores)
+    assert periods.max() < 0.3, periods.max()
     assert stats.deadline_misses >= 1 and stats.fallback_previous + stats.fallback_hold >= 5
     assert sent[:4] == [(0, 0), (0, 1), (0, 2), (0, 3)]
 
