@@ -205,9 +205,9 @@ class RobosuiteEnv(gym.Env):
         raw = self.sim.reset()
         # the hard reset rebuilt the scene and left the old one (with its renderer's buffers) in reference
         # cycles: collected now, a camera env stays at about 0.6 GB; left to the collector, it grew by about
-        # 0.3 GB per reset here
-        # with no GL context current while it runs: an old scene's renderer frees its GL objects by id in
-        # whatever context is current, which would be this env's new one (noise frames on an EGL machine)
+        # 0.3 GB per reset here. No GL context is current while it is collected: the old scene's renderer
+        # frees its GL objects by id in whatever context is current, which would be this env's new one
+        # (noise frames on an EGL machine)
         if self.cameras:
             _release_gl()
         gc.collect()
