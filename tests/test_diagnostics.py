@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from shortcut_policy.eval.consistency import (by_step_count, format_diagnostics, meanflow_terms, pick_windows,
-                                              step_diagnostics, target_range)
+from shortcut_policy.eval.consistency import (by_step_count, flow_error_by_time, format_diagnostics, meanflow_terms,
+                                              pick_windows, step_diagnostics, target_range)
 from shortcut_policy.core.config import objective_config
 from shortcut_policy.policy import PolicyConfig, ShortcutPolicy
 
@@ -145,3 +145,24 @@ def test_meanflow_terms_measure_each_derivative():
     assert terms["one_step"]["target"] == pytest.approx(5.0) and terms["one_step"]["rows"] == 128
     with pytest.raises(ValueError, match="MeanFlow"):
         meanflow_terms(policy_with(Contract()), windows())
+
+
+def test_flow_error_by_time_matches_the_closed_form_of_known_velocities():
+    p, ws = policy_with(Const(0.0)), windows(8)
+    x1 = p.normalizer.normalize("action", torch.stack([w["action"] for w in ws]))
+    m2 = float(x1.pow(2).mean())
+    # u = 0: the error is E|x1 - x0|^2 = E x1^2 + 1 at every t
+    flat = flow_error_by_time(p, ws, n_noise=64)
+    assert [b["t_lo"] for b in flat][:3] == [0.0, 0.05, 0.1] and flat[-1]["t_hi"] == 1.0
+    assert all(b["rows"] == 8 * 64 for b in flat)
+    for b in flat:
+        assert b["t_lo"] <= b["t_mean"] < b["t_hi"]
+        assert b["error"] == pytest.approx(m2 + 1, rel=0.1)
+    # u = -x_t: the error is E|t x0 - (1 + t) x1|^2 = t^2 + (1 + t)^2 E x1^2 (up to the spread of t in a bin)
+    rising = flow_error_by_time(policy_with(Contract()), ws, edges=(0.0, 0.1, 0.5, 0.9, 1.0), n_noise=64)
+    for b in rising:
+        t = b["t_mean"]
+        assert b["error"] == pytest.approx(t * t + (1 + t) ** 2 * m2, rel=0.1)
+    assert rising[-1]["error"] > 2 * rising[0]["error"]
+    with pytest.raises(ValueError, match="edges"):
+        flow_error_by_time(p, ws, edges=(0.0, 0.5, 0.5, 1.0))
