@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from shortcut_policy.eval.consistency import (by_step_count, flow_error_by_time, format_diagnostics, meanflow_terms,
-                                              pick_windows, step_diagnostics, target_range)
+from shortcut_policy.eval.consistency import (by_step_count, format_diagnostics, meanflow_terms, pick_windows,
+                                              step_diagnostics, target_range, velocity_error_by_step)
 from shortcut_policy.core.config import objective_config
 from shortcut_policy.policy import PolicyConfig, ShortcutPolicy
 
@@ -147,22 +147,20 @@ def test_meanflow_terms_measure_each_derivative():
         meanflow_terms(policy_with(Contract()), windows())
 
 
-def test_flow_error_by_time_matches_the_closed_form_of_known_velocities():
+def test_velocity_error_by_step_matches_the_closed_form_of_known_velocities():
     p, ws = policy_with(Const(0.0)), windows(8)
     x1 = p.normalizer.normalize("action", torch.stack([w["action"] for w in ws]))
     m2 = float(x1.pow(2).mean())
-    # u = 0: the error is E|x1 - x0|^2 = E x1^2 + 1 at every t
-    flat = flow_error_by_time(p, ws, n_noise=64)
-    assert [b["t_lo"] for b in flat][:3] == [0.0, 0.05, 0.1] and flat[-1]["t_hi"] == 1.0
-    assert all(b["rows"] == 8 * 64 for b in flat)
-    for b in flat:
-        assert b["t_lo"] <= b["t_mean"] < b["t_hi"]
-        assert b["error"] == pytest.approx(m2 + 1, rel=0.1)
-    # u = -x_t: the error is E|t x0 - (1 + t) x1|^2 = t^2 + (1 + t)^2 E x1^2 (up to the spread of t in a bin)
-    rising = flow_error_by_time(policy_with(Contract()), ws, edges=(0.0, 0.1, 0.5, 0.9, 1.0), n_noise=64)
-    for b in rising:
-        t = b["t_mean"]
-        assert b["error"] == pytest.approx(t * t + (1 + t) ** 2 * m2, rel=0.1)
+    # u = 0: the error is E|x1 - x0|^2 = E x1^2 + 1 at every step
+    flat = velocity_error_by_step(p, ws, steps=4, n_noise=64)
+    assert [r["t"] for r in flat] == [0.0, 0.25, 0.5, 0.75] and all(r["d"] == 0.25 for r in flat)
+    assert all(r["rows"] == 8 * 64 for r in flat)
+    for r in flat:
+        assert r["error"] == pytest.approx(m2 + 1, rel=0.1)
+    # u = -x_t: the error is E|t x0 - (1 + t) x1|^2 = t^2 + (1 + t)^2 E x1^2, rising with t
+    rising = velocity_error_by_step(policy_with(Contract()), ws, steps=8, n_noise=64)
+    for r in rising:
+        t = r["t"]
+        assert r["error"] == pytest.approx(t * t + (1 + t) ** 2 * m2, rel=0.1)
     assert rising[-1]["error"] > 2 * rising[0]["error"]
-    with pytest.raises(ValueError, match="edges"):
-        flow_error_by_time(p, ws, edges=(0.0, 0.5, 0.5, 1.0))
+    assert len(velocity_error_by_step(p, ws)) == p.objective.max_steps  # the objective's finest sampler by default

@@ -296,7 +296,7 @@ def test_tiny_pusht_train_then_evaluate(tmp_path):
 
     out = tmp_path / "diag.json"
     diagnose_main(["--checkpoint", str(out_dir / "checkpoints/latest.pt"), "--names", "tiny",
-                   "--num-inference-steps", "1", "16", "--windows", "3", "--noise", "2", "--flow-error-by-time",
+                   "--num-inference-steps", "1", "16", "--windows", "3", "--noise", "2", "--velocity-error-by-step",
                    "--out", str(out)])
     d = json.loads(out.read_text())
     # the reference defaults to the checkpoint's max_steps (8); counts above it are left out
@@ -304,9 +304,9 @@ def test_tiny_pusht_train_then_evaluate(tmp_path):
     assert d["ref_steps"] == {"tiny": 8}
     assert d["demo_roughness"]["tiny"] > 0.0  # the demonstrations' own jitter, the yardstick for "roughness"
     assert d["steps"]["8"]["tiny"]["to_ref"] == 0.0 and d["steps"]["1"]["tiny"]["spread"] >= 0.0
-    bins = d["flow_error_by_time"]["tiny"]
-    assert bins[0]["t_lo"] == 0.0 and bins[-1]["t_hi"] == 1.0 and all(b["error"] > 0 for b in bins)
-    assert (tmp_path / "diag.png").stat().st_size > 0  # the error-by-t plot beside the file
+    by_step = d["velocity_error_by_step"]["tiny"]  # one row per step of the reference (8-call) sampler
+    assert [r["t"] for r in by_step] == [k / 8 for k in range(8)] and all(r["error"] > 0 for r in by_step)
+    assert (tmp_path / "diag.png").stat().st_size > 0  # the error-by-step plot beside the file
 
 
 def test_inference_file_best_checkpoint_and_permissions(tmp_path):

@@ -130,18 +130,19 @@ def diagnose_main(argv: list[str] | None = None) -> None:
                     help="also measure how often consistency targets leave [-C, C]")
     ap.add_argument("--meanflow-terms", action="store_true",
                     help="MeanFlow checkpoints: also measure how steep the network is in x, t and d (the identity's terms)")
-    ap.add_argument("--flow-error-by-time", action="store_true",
-                    help="also measure the flow rows' error (d = 0) by noise level t: where along the path the velocity is least accurate")
+    ap.add_argument("--velocity-error-by-step", action="store_true",
+                    help="also measure, at each step of the --ref-steps sampler, its velocity's error against the flow-matching "
+                         "target on the demonstrations' noise path: where along the path the network is least accurate")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.names and len(args.names) != len(args.checkpoint):
         raise SystemExit(f"--names has {len(args.names)} entries for {len(args.checkpoint)} checkpoints")
     from ..task import TaskConfig, make_dataset
-    from .consistency import (by_step_count, flow_error_by_time, format_diagnostics, meanflow_terms, pick_windows,
-                              plot_flow_error_by_time, step_diagnostics, target_range)
+    from .consistency import (by_step_count, format_diagnostics, meanflow_terms, pick_windows,
+                              plot_velocity_error_by_step, step_diagnostics, target_range, velocity_error_by_step)
 
     counts = args.num_inference_steps or [1, 2, 4, 8, 16]
-    results, ranges, terms, by_time, windows, task = {}, {}, {}, {}, None, None
+    results, ranges, terms, by_step, windows, task = {}, {}, {}, {}, None, None
     for i, ckpt in enumerate(args.checkpoint):
         policy, run = cli.load_policy(args, ckpt)
         name = args.names[i] if args.names else f"{policy.objective.kind}:{ckpt}"
@@ -162,10 +163,10 @@ def diagnose_main(argv: list[str] | None = None) -> None:
             terms[name] = meanflow_terms(policy, windows, args.noise)
             for where, row in terms[name].items():
                 print(f"{name} {where}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()))
-        if args.flow_error_by_time:
-            by_time[name] = flow_error_by_time(policy, windows, n_noise=args.noise)
-            print(f"{name} flow error by t: " + ", ".join(f"[{b['t_lo']:g}, {b['t_hi']:g}) {b['error']:.3g}"
-                                                          for b in by_time[name]))
+        if args.velocity_error_by_step:
+            by_step[name] = velocity_error_by_step(policy, windows, ref, args.noise)
+            print(f"{name} velocity error by step (t: error): "
+                  + ", ".join(f"{r['t']:.3g}: {r['error']:.3g}" for r in by_step[name]))
     print(format_diagnostics(results))
     if args.out:
         write_result(args.out, result_doc(
@@ -174,11 +175,11 @@ def diagnose_main(argv: list[str] | None = None) -> None:
             checkpoints={n: r["checkpoint"] for n, r in results.items()},
             demo_roughness={n: r["demo_roughness"] for n, r in results.items()},
             **({"target_range": ranges} if ranges else {}), **({"meanflow_terms": terms} if terms else {}),
-            **({"flow_error_by_time": by_time} if by_time else {})))
-        if by_time:
+            **({"velocity_error_by_step": by_step} if by_step else {})))
+        if by_step:
             png = str(Path(args.out).with_suffix(".png"))
-            plot_flow_error_by_time(by_time, png, f"{task.get('name')}: flow rows' error by noise level, "
-                                    f"{args.windows} {args.split} windows x {args.noise} noise draws per bin")
+            plot_velocity_error_by_step(by_step, png, f"{task.get('name')}: each sampler step's velocity error on the "
+                                        f"noise path, {args.windows} {args.split} windows x {args.noise} noise draws")
             print(f"wrote {png}")
 
 

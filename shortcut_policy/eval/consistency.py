@@ -165,26 +165,24 @@ def meanflow_terms(policy, windows: Sequence[dict[str, torch.Tensor]], n_noise: 
     return out
 
 
-TIME_BINS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
-
-
 @torch.no_grad()
-def flow_error_by_time(policy, windows: Sequence[dict[str, torch.Tensor]], edges: Sequence[float] = TIME_BINS,
-                       n_noise: int = 8, seed: int = 0) -> list[dict[str, float]]:
-    """The flow rows' error (d = 0, target v = x1 - x0) by noise level t: where along the path the
-    network's instantaneous velocity is least accurate.
+def velocity_error_by_step(policy, windows: Sequence[dict[str, torch.Tensor]], steps: int | None = None,
+                           n_noise: int = 8, seed: int = 0) -> list[dict[str, float]]:
+    """The error of the velocity each step of the ``steps``-call sampler uses, on the demonstrations'
+    own noise path: where along the path a network is least accurate.
 
-    Every bin [edges[i], edges[i + 1]) gets the same rows (windows x ``n_noise``, t uniform within
-    the bin), so the bins compare at equal noise. The error is the objective's per-example squared
-    error (the mean over the chunk, normalized action units); ``t_mean`` is the mean t of the bin's
-    rows. The many-step sampler's last steps run on the bins near t = 1 (data); a loss that weights
-    each row by its own error (MeanFlow's adaptive weight) gives large-error bins less weight than
-    flow matching's mean does."""
+    At each of the sampler's times t = k / steps it is fed (x_t, t, d = 1 / steps), x_t on the straight
+    path from fresh noise x0 to the demonstrated chunk x1, and compared with the flow-matching target
+    x1 - x0 (the objective's per-example squared error, the mean over the chunk in normalized action
+    units; every step gets the same windows x ``n_noise`` rows). That is the query a flow-matching or
+    shortcut model's flow rows train on (MeanFlow's is d = 0; at d = 1 / steps it answers with the
+    average over that step, which the sampler uses). ``steps`` defaults to the objective's
+    ``max_steps``. The last steps run near t = 1 (data)."""
     if not windows:
-        raise ValueError("flow_error_by_time needs at least one dataset window")
-    edges = [float(e) for e in edges]
-    if len(edges) < 2 or edges[0] < 0 or edges[-1] > 1 or any(a >= b for a, b in zip(edges, edges[1:])):
-        raise ValueError(f"time bin edges must rise within [0, 1], got {edges}")
+        raise ValueError("velocity_error_by_step needs at least one dataset window")
+    steps = steps or policy.objective.max_steps
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     obs, demo = stack_windows(windows)
     policy.eval()
     cond = policy.encode_obs(policy.prepare_obs(obs)).repeat_interleave(n_noise, dim=0)  # (n, C)
@@ -193,21 +191,21 @@ def flow_error_by_time(policy, windows: Sequence[dict[str, torch.Tensor]], edges
     g = torch.Generator().manual_seed(seed)
     velocity = policy.objective.velocity_fn(policy.net)
     out = []
-    for lo, hi in zip(edges, edges[1:]):
+    for k in range(steps):
         x0 = torch.randn(x1.shape, generator=g).to(x1)
-        t = (lo + (hi - lo) * torch.rand(n, generator=g)).to(x1)
+        t = torch.full((n,), k / steps).to(x1)
         x_t = (1 - t.view(-1, 1, 1)) * x0 + t.view(-1, 1, 1) * x1
-        u = velocity(x_t, t, torch.zeros_like(t), cond)
+        u = velocity(x_t, t, torch.full_like(t, 1.0 / steps), cond)
         err = (u - (x1 - x0)).pow(2).flatten(1).mean(1)
         if not torch.isfinite(err).all():
-            raise FloatingPointError(f"non-finite flow velocity for t in [{lo}, {hi})")
-        out.append({"t_lo": lo, "t_hi": hi, "t_mean": float(t.mean()), "error": float(err.mean()), "rows": n})
+            raise FloatingPointError(f"non-finite velocity at step {k} of {steps} (t = {k / steps:g})")
+        out.append({"t": k / steps, "d": 1.0 / steps, "error": float(err.mean()), "rows": n})
     return out
 
 
-def plot_flow_error_by_time(by_time: dict[str, list[dict[str, float]]], path: str, title: str = "") -> None:
-    """The flow rows' error against t, one line per checkpoint (log scale); runs named ``<method>-s<seed>``
-    share their method's colour."""
+def plot_velocity_error_by_step(by_step: dict[str, list[dict[str, float]]], path: str, title: str = "") -> None:
+    """Each step's velocity error against its t, one line per checkpoint (log scale); runs named
+    ``<method>-s<seed>`` share their method's colour."""
     import re
     import textwrap
 
@@ -217,21 +215,22 @@ def plot_flow_error_by_time(by_time: dict[str, list[dict[str, float]]], path: st
 
     from ..utils import save_figure
 
-    methods = list(dict.fromkeys(re.sub(r"-s\d+$", "", n) for n in by_time))
+    methods = list(dict.fromkeys(re.sub(r"-s\d+$", "", n) for n in by_step))
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     labelled = set()
-    for name, bins in by_time.items():
+    for name, rows in by_step.items():
         m = re.sub(r"-s\d+$", "", name)
-        ax.plot([b["t_mean"] for b in bins], [b["error"] for b in bins], "o-", ms=3, lw=1.2, color=colors[m],
+        ax.plot([r["t"] for r in rows], [r["error"] for r in rows], "o-", ms=3, lw=1.2, color=colors[m],
                 label=None if m in labelled else m)
         labelled.add(m)
     ax.set_yscale("log")
-    ax.set_xlabel("t (0: noise, 1: data)")
-    ax.set_ylabel("flow rows' squared error (normalized actions)")
+    ax.set_xlabel("the step's t (0: noise, 1: data)")
+    ax.set_ylabel("squared error vs x1 - x0")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
+    fig.tight_layout()
     save_figure(fig, path)
 
 
