@@ -132,7 +132,8 @@ def diagnose_main(argv: list[str] | None = None) -> None:
                     help="MeanFlow checkpoints: also measure how steep the network is in x, t and d (the identity's terms)")
     ap.add_argument("--velocity-error-by-step", action="store_true",
                     help="also measure, at each step of the --ref-steps sampler, its velocity's error against the flow-matching "
-                         "target on the demonstrations' noise path: where along the path the network is least accurate")
+                         "target on the demonstrations' noise path: where along the path the network is least accurate "
+                         "(give --ref-steps to compare objectives whose finest samplers differ on one sampler)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.names and len(args.names) != len(args.checkpoint):
