@@ -30,6 +30,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..core.schedule import step_schedule
+
 
 @torch.no_grad()
 def step_diagnostics(policy, windows: Sequence[dict[str, torch.Tensor]], steps_list: Sequence[int] = (1, 2, 4, 8, 16),
@@ -100,10 +102,7 @@ def target_range(policy, windows: Sequence[dict[str, torch.Tensor]], threshold: 
     if not hasattr(policy.objective, "two_half_jumps"):
         raise ValueError(f"target_range applies to flow/shortcut policies, not {policy.cfg.objective.kind!r}")
     M = policy.objective.max_steps
-    obs, demo = stack_windows(windows)  # {key: (B, To, ...)}, (B, H, A)
-    policy.eval()
-    cond = policy.encode_obs(policy.prepare_obs(obs)).repeat_interleave(n_noise, dim=0)  # (B*K, C)
-    x1 = policy.normalizer.normalize("action", demo).repeat_interleave(n_noise, dim=0)  # (B*K, H, A)
+    cond, x1 = conditioned_chunks(policy, windows, n_noise)  # (B*K, C), (B*K, H, A)
     n = x1.shape[0]
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(x1.shape, generator=g).to(x1)
@@ -139,11 +138,7 @@ def meanflow_terms(policy, windows: Sequence[dict[str, torch.Tensor]], n_noise: 
 
     if policy.objective.kind != "meanflow":
         raise ValueError(f"meanflow_terms applies to MeanFlow policies, not {policy.objective.kind!r}")
-    obs, demo = stack_windows(windows)
-    policy.eval()
-    with torch.no_grad():
-        cond = policy.encode_obs(policy.prepare_obs(obs)).repeat_interleave(n_noise, dim=0)  # (n, C)
-        x1 = policy.normalizer.normalize("action", demo).repeat_interleave(n_noise, dim=0)  # (n, H, A)
+    cond, x1 = conditioned_chunks(policy, windows, n_noise)  # (n, C), (n, H, A)
     n = x1.shape[0]
     g = torch.Generator().manual_seed(seed)
     x0 = torch.randn(x1.shape, generator=g).to(x1)
@@ -171,35 +166,34 @@ def velocity_error_by_step(policy, windows: Sequence[dict[str, torch.Tensor]], s
     """The error of the velocity each step of the ``steps``-call sampler uses, on the demonstrations'
     own noise path: where along the path a network is least accurate.
 
-    At each of the sampler's times t = k / steps it is fed (x_t, t, d = 1 / steps), x_t on the straight
+    At each of the sampler's steps (t, d) (``core.schedule.step_schedule``: t = k / steps, d = 1 / steps
+    for a power of two) it is fed (x_t, t, d), x_t on the straight
     path from fresh noise x0 to the demonstrated chunk x1, and compared with the flow-matching target
     x1 - x0 (the objective's per-example squared error, the mean over the chunk in normalized action
     units; every step gets the same windows x ``n_noise`` rows). That is the query a flow-matching or
-    shortcut model's flow rows train on (MeanFlow's is d = 0; at d = 1 / steps it answers with the
-    average over that step, which the sampler uses). ``steps`` defaults to the objective's
+    shortcut model's flow rows train on (MeanFlow's is d = 0; at d > 0 it answers with the
+    average over the step, which the sampler uses). ``steps`` defaults to the objective's
     ``max_steps``. The last steps run near t = 1 (data)."""
     if not windows:
         raise ValueError("velocity_error_by_step needs at least one dataset window")
-    steps = steps or policy.objective.max_steps
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    obs, demo = stack_windows(windows)
-    policy.eval()
-    cond = policy.encode_obs(policy.prepare_obs(obs)).repeat_interleave(n_noise, dim=0)  # (n, C)
-    x1 = policy.normalizer.normalize("action", demo).repeat_interleave(n_noise, dim=0)  # (n, H, A)
+    M = policy.objective.max_steps
+    jumps = step_schedule(steps or M, M)  # the sampler's own (t, d) sequence, validated there
+    cond, x1 = conditioned_chunks(policy, windows, n_noise)  # (n, C), (n, H, A)
     n = x1.shape[0]
     g = torch.Generator().manual_seed(seed)
     velocity = policy.objective.velocity_fn(policy.net)
-    out = []
-    for k in range(steps):
+    out, start = [], 0
+    for k, jump in enumerate(jumps):
+        t0, d0 = start / M, jump / M
+        start += jump
         x0 = torch.randn(x1.shape, generator=g).to(x1)
-        t = torch.full((n,), k / steps).to(x1)
+        t = torch.full((n,), t0).to(x1)
         x_t = (1 - t.view(-1, 1, 1)) * x0 + t.view(-1, 1, 1) * x1
-        u = velocity(x_t, t, torch.full_like(t, 1.0 / steps), cond)
+        u = velocity(x_t, t, torch.full_like(t, d0), cond)
         err = (u - (x1 - x0)).pow(2).flatten(1).mean(1)
         if not torch.isfinite(err).all():
-            raise FloatingPointError(f"non-finite velocity at step {k} of {steps} (t = {k / steps:g})")
-        out.append({"t": k / steps, "d": 1.0 / steps, "error": float(err.mean()), "rows": n})
+            raise FloatingPointError(f"non-finite velocity at step {k} of {len(jumps)} (t = {t0:g})")
+        out.append({"t": t0, "d": d0, "error": float(err.mean()), "rows": n})
     return out
 
 
@@ -232,6 +226,17 @@ def plot_velocity_error_by_step(by_step: dict[str, list[dict[str, float]]], path
     ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+@torch.no_grad()
+def conditioned_chunks(policy, windows: Sequence[dict[str, Any]], n_noise: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The policy's condition and the demonstrated chunk in normalized units, each window repeated
+    ``n_noise`` times (eval mode): the (cond, x1) pairs the objective trains on."""
+    obs, demo = stack_windows(windows)
+    policy.eval()
+    cond = policy.encode_obs(policy.prepare_obs(obs)).repeat_interleave(n_noise, dim=0)  # (B*K, C)
+    x1 = policy.normalizer.normalize("action", demo).repeat_interleave(n_noise, dim=0)  # (B*K, H, A)
+    return cond, x1
 
 
 def stack_windows(windows: Sequence[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
