@@ -7,9 +7,11 @@ episodes still running, {key: (B, n_obs_steps, *shape)}, and finished episodes l
 seeded on reset and independent of the others, and act_fn learns each row's identity (episode seed,
 chunk index), from which a sampling policy draws that row's noise: results do not depend on the batch.
 
-``max_envs`` bounds how many envs exist at once (all episodes by default): an env whose episode ends
-takes the next waiting seed, so the batch stays full while seeds wait. Camera envs need it: each holds an
-offscreen renderer, and fifty of them outgrow a small machine's memory.
+``max_envs`` bounds how many envs exist at once: an env whose episode ends takes the next waiting seed,
+so the batch stays full while seeds wait. By default (None) a suite whose envs are heavy (``env_memory_mb``,
+measured by ``scripts/bench_envs.py``) runs as many as fit in ``ENV_MEMORY_BUDGET_MB``, a light suite one env
+per episode: a robosuite env holds about 120 MB (a camera env 0.4-0.6 GB), so one env per episode made a
+100-episode evaluation 12 GB, and two of them side by side were killed on a 24 GB machine.
 """
 from __future__ import annotations
 
@@ -27,11 +29,26 @@ from .multistep import MultiStepWrapper
 from .video import VideoRecorder
 
 
+ENV_MEMORY_BUDGET_MB = 4000.0  # what one evaluation's envs may hold by default (two evaluations side by side fit 24 GB)
+
+
 class LockstepRunner(EnvRunner):
     """Shared rollout loop; subclasses implement ``make_env`` and set ``action_dim``."""
 
     name: str = "env"
     fps: float = 10.0  # video frame rate (the env's control rate)
+
+    def env_memory_mb(self) -> float:
+        """Resident MB one env holds (0: light enough for one env per episode); heavy suites override it."""
+        return 0.0
+
+    def envs_at_once(self, n_episodes: int) -> int:
+        """How many envs an evaluation of ``n_episodes`` builds: ``max_envs`` when set, else as many as
+        ``ENV_MEMORY_BUDGET_MB`` holds at ``env_memory_mb()`` apiece (all when that is 0)."""
+        if self.max_envs is not None:
+            return min(n_episodes, self.max_envs)
+        mb = self.env_memory_mb()
+        return n_episodes if mb <= 0 else max(1, min(n_episodes, int(ENV_MEMORY_BUDGET_MB // mb)))
 
     def __init__(self, n_obs_steps: int, n_action_steps: int, max_episode_steps: int, seeds: Iterable[int],
                  max_envs: int | None = None):
@@ -97,7 +114,7 @@ class LockstepRunner(EnvRunner):
         seeds = normalize_seeds(self.seeds if seeds is None else seeds)
         n = len(seeds)
         n_vid = check_n_videos(n_videos, video_dir, seeds)
-        envs = [self._env(k) for k in range(min(n, self.max_envs or n))]
+        envs = [self._env(k) for k in range(self.envs_at_once(n))]
         recorders = [env.env for env in envs]  # the VideoRecorder under each MultiStepWrapper
         obs: list[dict[str, np.ndarray]] = [{} for _ in envs]  # per env {key: (To, *shape)}
         scores = np.full(n, -np.inf)

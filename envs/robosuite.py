@@ -268,6 +268,11 @@ class RobosuiteRunner(LockstepRunner):
                                cameras=list(cameras), image_size=image_size, render_size=render_size)
         self.name = f"robosuite_{(parse_env_args(env_args)['env_name'] if env_args else env_name).lower()}"
 
+    def env_memory_mb(self) -> float:
+        # scripts/bench_envs.py on the Xeon: 117-126 MB a low-dim env, 394 MB with one 84x84 camera (0.6 GB on
+        # the AMD machine); rounded up, so a 100-episode low-dim evaluation runs 30 envs, not 100 (12 GB)
+        return 130.0 + 500.0 * len(self.env_kwargs["cameras"])
+
     def observe(self, low_dim_keys: list[str]) -> None:
         if self.env_kwargs["obs_keys"] is None and not self._envs:  # the task named none: the policy's
             self.env_kwargs["obs_keys"] = list(low_dim_keys)

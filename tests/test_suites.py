@@ -126,6 +126,21 @@ def test_runner_reports_success_and_two_cube_outcomes():
     assert lift.run(lambda o, rows: np.zeros((1, 8, 7)), progress=False).outcomes is None
 
 
+def test_robosuite_evaluations_hold_as_many_envs_as_the_memory_budget_allows(monkeypatch):
+    """Without max_envs a robosuite evaluation builds no more envs than ENV_MEMORY_BUDGET_MB holds (one env per
+    episode made 100 low-dim episodes 12 GB); the envs it builds take the waiting seeds in turn."""
+    from shortcut_policy.envs import lockstep
+
+    assert RobosuiteRunner(seeds=range(100)).envs_at_once(100) == 30
+    assert RobosuiteRunner(seeds=range(100), cameras=["agentview"]).envs_at_once(100) == 6
+    assert RobosuiteRunner(seeds=range(100), max_envs=50).envs_at_once(100) == 50
+    assert RobosuiteRunner(seeds=range(10)).envs_at_once(10) == 10
+    monkeypatch.setattr(lockstep, "ENV_MEMORY_BUDGET_MB", 300.0)  # two low-dim envs
+    runner = RobosuiteRunner(max_episode_steps=8, seeds=[1, 2, 3], env_name="Lift")
+    res = runner.run(lambda o, rows: np.zeros((len(o["object"]), 8, 7)), progress=False)
+    assert len(runner._envs) == 2 and list(res.seeds) == [1, 2, 3] and (res.lengths == 8).all() and res.success == 0.0
+
+
 def test_task_runner_observes_the_policys_low_dim_keys():
     """A robosuite task that names no obs_keys observes the policy's low-dim keys (a camera policy reads the robot's
     own state without the object's); keys the simulator cannot give are refused by name."""
