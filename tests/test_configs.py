@@ -72,6 +72,29 @@ def test_objective_yamls_are_typed_configs_on_shared_bases():
     assert objective_config(_compose("train", ["objective=meanflow"])["objective"]) == MeanFlowConfig()
 
 
+TASK_RECIPES = {"metaworld_mt10": "meanflow_mt10", "robosuite_can": "meanflow_can"}
+
+
+@pytest.mark.parametrize("task", sorted(p.stem for p in (Path(CONFIGS) / "task").glob("*.yaml")))
+def test_a_task_trains_its_measured_recipe_unless_the_command_line_names_an_objective(task):
+    from shortcut_policy.core.config import MeanFlowConfig, ShortcutConfig, objective_config
+
+    def objective(*overrides):
+        run = _compose("train", [f"task={task}", "task.dataset.path=data/any.zarr", *overrides])
+        return objective_config(run["objective"])
+
+    recipe = TASK_RECIPES.get(task, "meanflow")
+    assert objective() == objective_config(_compose("train", [f"objective={recipe}"])["objective"])
+    # the command line wins over the task's choice, for the group and for one field
+    assert objective("objective=meanflow") == MeanFlowConfig()
+    assert objective("objective=flow").kind == "flow"
+    assert objective("objective.flow_weight=adaptive", "objective.time_mu=0.4", "objective.time_sigma=1.0") == MeanFlowConfig()
+    # the presets are the default objective with their measured changes and nothing else
+    assert objective_config(_compose("train", ["objective=meanflow_can"])["objective"]) == MeanFlowConfig(flow_weight="mean")
+    assert objective_config(_compose("train", ["objective=shortcut_can"])["objective"]) == ShortcutConfig(
+        consistency_weight=1.0)
+
+
 @pytest.mark.parametrize("task", sorted(p.stem for p in (Path(CONFIGS) / "task").glob("*.yaml")))
 def test_every_task_yaml_composes_into_a_task_config(task):
     run = _compose("train", [f"task={task}", "task.dataset.path=data/any.zarr"])
