@@ -1,6 +1,6 @@
 """Paired comparison of results files (shortcut_policy.eval.compare, scripts/compare.py) and
-merging step counts into an existing results file (shortcut_policy.results.merge_results, used by
-scripts/eval.py --merge)."""
+merging step counts and episode shards into one results file (shortcut_policy.results.merge_results, used by
+scripts/eval.py --merge and scripts/merge_results.py)."""
 from __future__ import annotations
 
 import json
@@ -198,3 +198,78 @@ def test_merge_adds_step_counts_and_keeps_the_original_command():
     with pytest.raises(ResultError, match="n_action_steps differs"):  # shortcut-eval --n-action-steps
         merge_results(dict(old, n_action_steps=8), dict(new, n_action_steps=4))
     assert merge_results(dict(old, n_action_steps=8), dict(new, n_action_steps=8))["n_action_steps"] == 8
+
+
+def shard(lo, scores, outcomes=None, **extra):
+    """A one-call sweep of episodes from seed ``lo`` (successes: score > 0.95), optionally with outcomes."""
+    s = np.asarray(scores, dtype=np.float64)
+    row = {"score": float(s.mean()), "success": float((s > 0.95).mean()), "score_sem": float(s.std() / np.sqrt(len(s))),
+           "latency_ms_p50": 5.0 + lo / 1e6, "latency_ms_p99": 6.0, "control_rate_hz": 1600.0,
+           "episode_scores": list(map(float, s)), "episode_finals": {"coverage": list(map(float, s))}}
+    if outcomes is not None:
+        o = np.asarray(outcomes)
+        row.update(episode_outcomes=list(outcomes),
+                   outcome_shares={str(k): float((o == k).mean()) for k in np.unique(o)},
+                   outcome_success={str(k): float((s[o == k] > 0.95).mean()) for k in np.unique(o)})
+    return result("m", {1: scores}, seeds=(lo, lo + len(scores) - 1), checkpoint="runs/x/latest.pt", train_steps=3000,
+                  weights="ema", sampler="shortcut", steps={"1": row}, command=f"eval --seed-start {lo}", **extra)
+
+
+def test_merge_joins_adjacent_episode_shards_as_one_evaluation_of_all_episodes():
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.5, 1.0, 12).round(4)
+    outcomes = list(rng.choice(["drawer", "door", "button"], 12))
+    full = shard(500, scores, outcomes)["steps"]["1"]
+    first, second = shard(500, scores[:5], outcomes[:5]), shard(505, scores[5:], outcomes[5:])
+    for m in (merge_results(first, second), merge_results(second, first)):  # either order: seeds in order
+        assert m["episodes"] == 12 and m["seeds"] == [500, 511]
+        row = m["steps"]["1"]
+        assert row["episode_scores"] == full["episode_scores"] and row["episode_outcomes"] == outcomes
+        assert row["episode_finals"]["coverage"] == full["episode_finals"]["coverage"]
+        for key in ("score", "success", "score_sem"):
+            assert row[key] == pytest.approx(full[key], abs=1e-4), key
+        for key in ("outcome_shares", "outcome_success"):
+            assert row[key] == pytest.approx(full[key]), key
+        assert m["command"] == "eval --seed-start 500" and row["latency_ms_p50"] == first["steps"]["1"]["latency_ms_p50"]
+        assert m["merges"][-1]["seeds"] == [505, 511] and m["merges"][-1]["episodes"] == 7
+    # the joined file pairs with a 12-episode evaluation of another policy
+    other = result("f", {1: list(scores - 0.1)}, seeds=(500, 511))
+    assert paired_difference([merge_results(first, second)], [other], 1)["diff"] == pytest.approx(0.1)
+
+
+def test_merge_refuses_shards_that_overlap_leave_a_gap_or_differ_in_counts():
+    a = shard(500, [0.9, 0.8, 1.0])
+    with pytest.raises(ResultError, match="adjacent"):
+        merge_results(a, shard(504, [0.9, 0.8]))  # seed 503 missing
+    with pytest.raises(ResultError, match="adjacent"):
+        merge_results(a, shard(502, [0.9, 0.8]))  # 502 in both
+    b = shard(503, [0.9, 0.8])
+    b["steps"]["16"] = b["steps"]["1"]
+    with pytest.raises(ResultError, match="same step counts"):
+        merge_results(a, b)
+    with pytest.raises(ResultError, match="checkpoint differs"):
+        merge_results(a, dict(shard(503, [0.9]), checkpoint="runs/y/latest.pt"))
+    with pytest.raises(ResultError, match="sweep"):
+        merge_results(dict(a, kind="offline"), dict(shard(503, [0.9]), kind="offline"))
+    c = shard(503, [0.9, 0.8])
+    del c["steps"]["1"]["episode_scores"]
+    with pytest.raises(ResultError, match="episode_scores is in one file only"):
+        merge_results(a, c)
+
+
+def test_merge_script_joins_shards_and_names_the_file_it_cannot_merge(tmp_path):
+    files = []
+    for lo, s in ((100, [0.9, 1.0]), (102, [0.2, 0.96, 0.5])):
+        files.append(tmp_path / f"s{lo}.json")
+        files[-1].write_text(json.dumps(shard(lo, s)))
+    out = tmp_path / "all.json"
+    p = subprocess.run([sys.executable, str(REPO / "scripts/merge_results.py"), str(files[1]), str(files[0]),
+                        "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(out.read_text())
+    assert doc["seeds"] == [100, 104] and doc["steps"]["1"]["success"] == pytest.approx(0.4)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(shard(200, [0.5])))
+    p = subprocess.run([sys.executable, str(REPO / "scripts/merge_results.py"), str(out), str(bad), "--out",
+                        str(tmp_path / "x.json")], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode != 0 and str(bad) in p.stderr and "[200, 200]" in p.stderr and not (tmp_path / "x.json").exists()

@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="at most this many envs at once (default: the task's env.max_envs, else one per episode)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--merge", action="store_true",
-                    help="add these counts to an existing --out file of the same checkpoint and seeds")
+                    help="add to an existing --out file of the same checkpoint: these counts on its seeds, or these "
+                         "episodes on the seeds right after (or before) its range, at its counts")
     args = ap.parse_args(argv)
     if args.merge and not args.out:
         raise SystemExit("--merge needs --out (the results file to add to)")
@@ -273,6 +274,38 @@ def compare_main(argv: list[str] | None = None) -> None:
         plot_comparison(rows, *names, args.plot, title=f"{a[0].get('task', '')}: {names[0]} vs {names[1]}, "
                         f"{rows[0]['episodes']} paired episodes; {today()}")
         print(f"wrote {args.plot}")
+
+
+MERGE_DOC = """Merge results files of one checkpoint (shortcut_policy/results.py merge_results): step counts
+evaluated on the same seeds, and shards of episodes evaluated on adjacent seed ranges (at the same counts,
+on one machine or several), into one file.
+
+    python scripts/merge_results.py runs/X/eval-c1.json runs/X/eval-c16.json --out runs/X/eval.json
+    python scripts/merge_results.py runs/X/seeds0-199.json runs/X/seeds200-499.json --out runs/X/eval500.json
+"""
+
+
+def merge_main(argv: list[str] | None = None) -> None:
+    ap = cli.parser(MERGE_DOC)
+    ap.add_argument("files", nargs="+", help="results files, merged in this order (episode shards in any order)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    if len(args.files) < 2:
+        raise SystemExit("merge needs two or more results files")
+    from .sweep import format_table
+    try:
+        docs = [read_result(p) for p in args.files]
+        merged = docs[0]
+        for path, d in zip(args.files[1:], docs[1:]):
+            try:
+                merged = merge_results(merged, d)
+            except ResultError as e:
+                raise ResultError(f"{path}: {e}") from None
+    except ResultError as e:
+        raise SystemExit(str(e)) from None
+    if merged["kind"] == "sweep":
+        print(format_table(merged))
+    write_result(args.out, merged)
 
 
 LOSSES_DOC = """Final training losses of one or more runs, from their metrics.jsonl, as a results file (kind "losses");
