@@ -119,16 +119,18 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _seeds(doc: dict[str, Any]) -> tuple[int, int]:
+def seed_range(doc: dict[str, Any]) -> tuple[int, int]:
+    """(first, last) episode seed of a sweep (its episodes run on consecutive seeds)."""
     seeds, n = doc.get("seeds"), doc.get("episodes")
-    if (not isinstance(seeds, list) or len(seeds) != 2 or not isinstance(n, int)
+    if (not isinstance(seeds, (list, tuple)) or len(seeds) != 2 or not isinstance(n, int)
             or int(seeds[1]) - int(seeds[0]) + 1 != n):
-        raise ResultError(f"merge: seeds {seeds!r} with {n!r} episodes is not a range of consecutive episode seeds")
+        raise ResultError(f"{doc.get('method', '?')}: seeds {seeds} with {n} episodes is not a range of consecutive "
+                          "episode seeds")
     return int(seeds[0]), int(seeds[1])
 
 
 def _adjacent(first: dict[str, Any], second: dict[str, Any]) -> bool:
-    return _seeds(first)[1] + 1 == _seeds(second)[0]
+    return seed_range(first)[1] + 1 == seed_range(second)[0]
 
 
 # per-episode lists in seed order: joined by concatenation

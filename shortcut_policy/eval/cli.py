@@ -295,14 +295,14 @@ def merge_main(argv: list[str] | None = None) -> None:
     from .sweep import format_table
     try:
         docs = [read_result(p) for p in args.files]
-        merged = docs[0]
-        for path, d in zip(args.files[1:], docs[1:]):
-            try:
-                merged = merge_results(merged, d)
-            except ResultError as e:
-                raise ResultError(f"{path}: {e}") from None
     except ResultError as e:
         raise SystemExit(str(e)) from None
+    merged = docs[0]
+    for path, d in zip(args.files[1:], docs[1:]):
+        try:
+            merged = merge_results(merged, d)
+        except ResultError as e:
+            raise SystemExit(f"{path}: {e}") from None
     if merged["kind"] == "sweep":
         print(format_table(merged))
     write_result(args.out, merged)

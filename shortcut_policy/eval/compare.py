@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..results import seed_range
+
 
 def episode_scores(result: dict[str, Any], steps: int) -> np.ndarray:
     """Per-episode scores of one results file at one step count, with a clear error if absent."""
@@ -100,15 +102,6 @@ def welch(ma: np.ndarray, mb: np.ndarray) -> dict[str, float]:
             "p_seeds": t_sf(diff / se, df)}
 
 
-def _seed_range(result: dict[str, Any]) -> tuple[int, int]:
-    """(first, last) episode seed of a results file (its episodes run on consecutive seeds)."""
-    seeds, n = result.get("seeds", []), result.get("episodes")
-    if len(seeds) != 2 or not isinstance(n, int) or int(seeds[1]) - int(seeds[0]) + 1 != n:
-        raise ValueError(f"{result.get('method', '?')}: seeds {seeds} with {n} episodes is not a range of "
-                         "consecutive episode seeds")
-    return int(seeds[0]), int(seeds[1])
-
-
 def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], steps: int,
                       b_steps: int | None = None) -> dict[str, Any]:
     """Score difference (a - b) at ``steps`` calls, paired by episode seed (on the seeds every file
@@ -127,7 +120,7 @@ def paired_difference(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]], 
     """
     if not a or not b:
         raise ValueError("paired_difference needs at least one results file on each side")
-    ranges = [_seed_range(r) for r in [*a, *b]]
+    ranges = [seed_range(r) for r in [*a, *b]]
     lo, hi = max(r[0] for r in ranges), min(r[1] for r in ranges)
     if lo > hi:
         raise ValueError(f"results were evaluated on different episode seeds ({sorted(set(ranges))}) with none in "
