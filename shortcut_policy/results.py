@@ -119,6 +119,22 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def select_steps(doc: dict[str, Any], counts: list[int], source: str = "results") -> dict[str, Any]:
+    """``doc`` with only these step counts (each must be in it), so that a file evaluated at several counts
+    can be joined with a shard evaluated at some of them. The counts the evaluation ran but the file no
+    longer holds are listed under ``dropped_steps``."""
+    have = sorted(map(int, doc.get("steps", {})))
+    missing = [c for c in counts if c not in have]
+    if missing:
+        raise ResultError(f"{source}: no {missing}-step entries to keep (it has {have})")
+    out = dict(doc)
+    out["steps"] = {str(c): doc["steps"][str(c)] for c in sorted(set(counts))}
+    dropped = sorted(set(doc.get("dropped_steps", [])) | (set(have) - set(counts)))
+    if dropped:
+        out["dropped_steps"] = dropped
+    return out
+
+
 def seed_range(doc: dict[str, Any]) -> tuple[int, int]:
     """(first, last) episode seed of a sweep (its episodes run on consecutive seeds)."""
     seeds, n = doc.get("seeds"), doc.get("episodes")
@@ -185,6 +201,9 @@ def join_episodes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         steps[k] = row
     joined = dict(a)
     joined.update(steps=steps, episodes=na + nb, seeds=[a["seeds"][0], b["seeds"][1]])
+    dropped = sorted(set(a.get("dropped_steps", [])) | set(b.get("dropped_steps", [])))
+    if dropped:
+        joined["dropped_steps"] = dropped
     joined["merges"] = list(a.get("merges", [])) + list(b.get("merges", [])) + [
         {"command": b["command"], "machine": b["machine"], "date": b["date"], "episodes": nb, "seeds": b["seeds"],
          "latency_ms_p50": {k: v.get("latency_ms_p50") for k, v in b["steps"].items()}}]

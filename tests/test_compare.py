@@ -273,3 +273,22 @@ def test_merge_script_joins_shards_and_names_the_file_it_cannot_merge(tmp_path):
     p = subprocess.run([sys.executable, str(REPO / "scripts/merge_results.py"), str(out), str(bad), "--out",
                         str(tmp_path / "x.json")], capture_output=True, text=True, cwd=REPO)
     assert p.returncode != 0 and str(bad) in p.stderr and "[200, 200]" in p.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_merge_script_keeps_chosen_counts_to_join_a_multi_count_file_with_a_shard(tmp_path):
+    both = shard(100, [0.9, 1.0])
+    both["steps"]["2"] = dict(both["steps"]["1"], score=0.5)
+    files = [tmp_path / "c1-c2.json", tmp_path / "c1.json"]
+    files[0].write_text(json.dumps(both))
+    files[1].write_text(json.dumps(shard(102, [0.2, 0.96, 0.5])))
+    out = tmp_path / "c1_500.json"
+    run = [sys.executable, str(REPO / "scripts/merge_results.py"), *map(str, files), "--out", str(out)]
+    p = subprocess.run(run, capture_output=True, text=True, cwd=REPO)
+    assert p.returncode != 0 and "same step counts" in p.stderr and not out.exists()  # without --steps: refused
+    p = subprocess.run(run + ["--steps", "1"], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(out.read_text())
+    assert list(doc["steps"]) == ["1"] and doc["dropped_steps"] == [2] and doc["seeds"] == [100, 104]
+    assert doc["steps"]["1"]["episode_scores"] == [0.9, 1.0, 0.2, 0.96, 0.5]
+    p = subprocess.run(run + ["--steps", "2"], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode != 0 and str(files[1]) in p.stderr and "[2]-step" in p.stderr

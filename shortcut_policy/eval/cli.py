@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import cli
-from ..results import ResultError, merge_results, read_result, result_doc, write_result
+from ..results import ResultError, merge_results, read_result, result_doc, select_steps, write_result
 
 EVAL_DOC = """Evaluate a checkpoint at several numbers of network calls per action chunk: in closed loop on fixed
 seeds when its task has a simulator, offline on the validation episodes (action error against the
@@ -282,6 +282,7 @@ on one machine or several), into one file.
 
     python scripts/merge_results.py runs/X/eval-c1.json runs/X/eval-c16.json --out runs/X/eval.json
     python scripts/merge_results.py runs/X/seeds0-199.json runs/X/seeds200-499.json --out runs/X/eval500.json
+    python scripts/merge_results.py runs/X/c1-c2_0-99.json runs/X/c1_100-499.json --steps 1 --out runs/X/c1_500.json
 """
 
 
@@ -289,12 +290,17 @@ def merge_main(argv: list[str] | None = None) -> None:
     ap = cli.parser(MERGE_DOC)
     ap.add_argument("files", nargs="+", help="results files, merged in this order (episode shards in any order)")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, nargs="+", default=None, metavar="N",
+                    help="keep only these numbers of network calls from every file (each must have them), e.g. to "
+                         "join a 1-and-2-call evaluation with a 1-call shard; the others are named in dropped_steps")
     args = ap.parse_args(argv)
     if len(args.files) < 2:
         raise SystemExit("merge needs two or more results files")
     from .sweep import format_table
     try:
         docs = [read_result(p) for p in args.files]
+        if args.steps:
+            docs = [select_steps(d, args.steps, p) for p, d in zip(args.files, docs)]
     except ResultError as e:
         raise SystemExit(str(e)) from None
     merged = docs[0]
