@@ -113,6 +113,7 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     merged = dict(old)
     steps = {**old.get("steps", {}), **new["steps"]}
     merged["steps"] = {k: steps[k] for k in sorted(steps, key=int)}
+    _set_dropped(merged, old, new)
     merged["merges"] = list(old.get("merges", [])) + [
         {"command": new["command"], "machine": new["machine"], "date": new["date"],
          "steps": sorted(map(int, new["steps"]))}]
@@ -123,16 +124,22 @@ def select_steps(doc: dict[str, Any], counts: list[int], source: str = "results"
     """``doc`` with only these step counts (each must be in it), so that a file evaluated at several counts
     can be joined with a shard evaluated at some of them. The counts the evaluation ran but the file no
     longer holds are listed under ``dropped_steps``."""
-    have = sorted(map(int, doc.get("steps", {})))
-    missing = [c for c in counts if c not in have]
+    rows = {int(k): v for k, v in doc.get("steps", {}).items()}
+    missing = sorted(set(counts) - set(rows))
     if missing:
-        raise ResultError(f"{source}: no {missing}-step entries to keep (it has {have})")
+        raise ResultError(f"{source}: no {missing}-step entries to keep (it has {sorted(rows)})")
     out = dict(doc)
-    out["steps"] = {str(c): doc["steps"][str(c)] for c in sorted(set(counts))}
-    dropped = sorted(set(doc.get("dropped_steps", [])) | (set(have) - set(counts)))
-    if dropped:
-        out["dropped_steps"] = dropped
+    out["steps"] = {str(c): rows[c] for c in sorted(set(counts))}
+    _set_dropped(out, doc, {"dropped_steps": sorted(set(rows) - set(counts))})
     return out
+
+
+def _set_dropped(doc: dict[str, Any], *sources: dict[str, Any]) -> None:
+    """``doc["dropped_steps"]``: the counts the sources' evaluations ran but ``doc`` does not hold (absent when none)."""
+    dropped = set().union(*(s.get("dropped_steps", []) for s in sources)) - set(map(int, doc["steps"]))
+    doc.pop("dropped_steps", None)
+    if dropped:
+        doc["dropped_steps"] = sorted(dropped)
 
 
 def seed_range(doc: dict[str, Any]) -> tuple[int, int]:
@@ -201,9 +208,7 @@ def join_episodes(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         steps[k] = row
     joined = dict(a)
     joined.update(steps=steps, episodes=na + nb, seeds=[a["seeds"][0], b["seeds"][1]])
-    dropped = sorted(set(a.get("dropped_steps", [])) | set(b.get("dropped_steps", [])))
-    if dropped:
-        joined["dropped_steps"] = dropped
+    _set_dropped(joined, a, b)
     joined["merges"] = list(a.get("merges", [])) + list(b.get("merges", [])) + [
         {"command": b["command"], "machine": b["machine"], "date": b["date"], "episodes": nb, "seeds": b["seeds"],
          "latency_ms_p50": {k: v.get("latency_ms_p50") for k, v in b["steps"].items()}}]

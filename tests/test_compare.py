@@ -277,7 +277,7 @@ def test_merge_script_joins_shards_and_names_the_file_it_cannot_merge(tmp_path):
 
 def test_merge_script_keeps_chosen_counts_to_join_a_multi_count_file_with_a_shard(tmp_path):
     both = shard(100, [0.9, 1.0])
-    both["steps"]["2"] = dict(both["steps"]["1"], score=0.5)
+    both["steps"]["2"] = shard(100, [0.3, 0.4])["steps"]["1"]
     files = [tmp_path / "c1-c2.json", tmp_path / "c1.json"]
     files[0].write_text(json.dumps(both))
     files[1].write_text(json.dumps(shard(102, [0.2, 0.96, 0.5])))
@@ -290,5 +290,11 @@ def test_merge_script_keeps_chosen_counts_to_join_a_multi_count_file_with_a_shar
     doc = json.loads(out.read_text())
     assert list(doc["steps"]) == ["1"] and doc["dropped_steps"] == [2] and doc["seeds"] == [100, 104]
     assert doc["steps"]["1"]["episode_scores"] == [0.9, 1.0, 0.2, 0.96, 0.5]
+    assert doc["steps"]["1"]["score"] == pytest.approx((0.9 + 1.0 + 0.2 + 0.96 + 0.5) / 5, abs=1e-4)
+    # the 2-call row evaluated later on the same 5 seeds: merged back, no longer listed as dropped
+    two = shard(100, [0.3, 0.4, 0.5, 0.6, 0.7])
+    back = merge_results(doc, {**two, "steps": {"2": two["steps"]["1"]}})
+    assert list(back["steps"]) == ["1", "2"] and "dropped_steps" not in back
+    assert "dropped_steps" not in merge_results(shard(100, [0.9, 1.0]), shard(102, [0.5]))
     p = subprocess.run(run + ["--steps", "2"], capture_output=True, text=True, cwd=REPO)
     assert p.returncode != 0 and str(files[1]) in p.stderr and "[2]-step" in p.stderr
