@@ -130,13 +130,15 @@ def select_steps(doc: dict[str, Any], counts: list[int], source: str = "results"
         raise ResultError(f"{source}: no {missing}-step entries to keep (it has {sorted(rows)})")
     out = dict(doc)
     out["steps"] = {str(c): rows[c] for c in sorted(set(counts))}
-    _set_dropped(out, doc, {"dropped_steps": sorted(set(rows) - set(counts))})
+    _set_dropped(out, doc)
     return out
 
 
 def _set_dropped(doc: dict[str, Any], *sources: dict[str, Any]) -> None:
-    """``doc["dropped_steps"]``: the counts the sources' evaluations ran but ``doc`` does not hold (absent when none)."""
-    dropped = set().union(*(s.get("dropped_steps", []) for s in sources)) - set(map(int, doc["steps"]))
+    """``doc["dropped_steps"]``: the counts the sources' evaluations ran (their steps and their own dropped
+    counts) that ``doc`` does not hold; absent when none."""
+    ran = set().union(*(set(map(int, s["steps"])) | set(s.get("dropped_steps", [])) for s in sources))
+    dropped = ran - set(map(int, doc["steps"]))
     doc.pop("dropped_steps", None)
     if dropped:
         doc["dropped_steps"] = sorted(dropped)
