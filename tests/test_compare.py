@@ -131,6 +131,19 @@ def test_blocks_of_different_length_pair_on_their_common_seeds():
     assert math.isclose(r["diff"], ((0.8 - 0.5) + (0.7 - 0.5)) / 2)
 
 
+def test_compare_script_names_the_episodes_it_paired(tmp_path):
+    """A 500-episode side against a 300-episode one: the comparison file's seeds are the 300 paired."""
+    fa, fb = tmp_path / "long.json", tmp_path / "short.json"
+    fa.write_text(json.dumps(result("a", {1: [0.9, 0.8, 0.7, 0.6]}, seeds=(100000, 100003))))
+    fb.write_text(json.dumps(result("b", {1: [0.5, 0.5]}, seeds=(100000, 100001))))
+    out = tmp_path / "cmp.json"
+    p = subprocess.run([sys.executable, str(REPO / "scripts/compare.py"), "--a", str(fa), "--b", str(fb),
+                        "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    written = json.loads(out.read_text())
+    assert written["episodes"] == 2 and written["seeds"] == [100000, 100001]
+
+
 def test_refuses_unpaired_or_incomplete_results():
     a = result("a", {1: [0.9, 0.8]})
     with pytest.raises(ValueError, match="different episode seeds .* none in common"):

@@ -268,7 +268,7 @@ def compare_main(argv: list[str] | None = None) -> None:
     if args.out:
         write_result(args.out, result_doc("comparison", a[0].get("task"), f"compare:{names[0]}-vs-{names[1]}",
                                           {str(r["steps"]): r for r in rows}, a=args.a, b=args.b, names=names,
-                                          episodes=rows[0]["episodes"], seeds=a[0].get("seeds")))
+                                          episodes=rows[0]["episodes"], seeds=rows[0]["episode_seeds"]))
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_comparison(rows, *names, args.plot, title=f"{a[0].get('task', '')}: {names[0]} vs {names[1]}, "
