@@ -122,6 +122,15 @@ def test_torch_compile_trains_the_same_model(tmp_path, monkeypatch):
     assert np.allclose(losses[0], losses[1], rtol=1e-4)
 
 
+def test_calibration_rate_ignores_lines_that_appeared_between_the_same_two_polls():
+    from shortcut_policy.eval.headtohead import step_rate
+
+    # a loaded machine: steps 5 and 10 were both first seen at t=1.0 (it once gave 10^7 steps/s and 100000 steps)
+    assert step_rate({5: 1.0, 10: 1.0, 15: 2.0, 20: 3.0}) == pytest.approx(5.0)
+    assert step_rate({5: 0.0, 10: 1.0}) == pytest.approx(5.0)
+    assert step_rate({5: 1.0, 10: 1.0}) is None and step_rate({}) is None
+
+
 def test_the_prepared_gpu_job_runs_its_steps_at_tiny_sizes_on_the_cpu(tmp_path):
     import os
     import subprocess

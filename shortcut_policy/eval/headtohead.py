@@ -86,12 +86,24 @@ def calibrate(runs: list[tuple[str, str, int]], a, root: Path, env: dict) -> dic
             p.kill()
     rates = {}
     for name, t in seen.items():
-        s = sorted(t)
-        if len(s) < 2:
-            raise SystemExit(f"calibration: run {name} logged {len(s)} metrics lines in {a.calib_timeout} s; "
-                             f"see {root / 'calib' / (name + '.log')}")
-        rates[name] = (s[-1] - s[0]) / max(t[s[-1]] - t[s[0]], 1e-6)
+        rate = step_rate(t)
+        if rate is None:
+            raise SystemExit(f"calibration: run {name} logged {len(t)} metrics lines in {a.calib_timeout} s, seen at "
+                             f"{len(set(t.values()))} distinct times; see {root / 'calib' / (name + '.log')}")
+        rates[name] = rate
     return rates
+
+
+def step_rate(first_seen: dict[int, float]) -> float | None:
+    """Steps per second from {logged step: when its line was first seen}. Lines that appeared between the same
+    two polls share a time, so the rate runs from the last step seen at the first time to the last step; None
+    when every line was seen at one time (no interval to divide by)."""
+    times = sorted(set(first_seen.values()))
+    if len(times) < 2:
+        return None
+    start = max(s for s, t in first_seen.items() if t == times[0])
+    end = max(first_seen)
+    return (end - start) / (first_seen[end] - times[0])
 
 
 def run_pool(jobs: list[dict], n_procs: int, start_deadline: float, hard_deadline: float, env: dict,
