@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,35 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, teacher):
         assert torch.equal(v, eb["ema"]["module"][k]), k
     lines = [json.loads(x) for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()]
     assert {"train/loss", "train/loss_flow", "train/loss_consistency", "val/loss"} <= set(lines[-1])
+
+
+def test_a_resume_on_another_cpu_model_is_named_and_the_same_machine_is_not(tmp_path, capsys):
+    from shortcut_policy.train.run_dir import machine_change
+    from shortcut_policy.utils import machine_description
+
+    epyc = "2-core CPU (AMD EPYC (cpu family 26, model 2), x86_64, AVX512), torch 2.13.0+cpu, 1 threads"
+    xeon = "2-core CPU (Intel(R) Xeon(R) Processor (cpu family 6, model 167), x86_64, AVX512), torch 2.13.0+cpu, 2 threads"
+    note = machine_change({"provenance": {"machine": epyc}}, xeon)
+    assert "AMD EPYC (cpu family 26, model 2)" in note and "model 167" in note and "not bit-identical" in note
+    assert machine_change({"provenance": {"machine": epyc}}, epyc.replace("2.13.0", "2.14.1")) is not None
+    # core and thread counts are the run's own settings, not another machine
+    assert machine_change({"provenance": {"machine": epyc}}, epyc.replace("2-core", "16-core").replace("1 threads",
+                                                                                                      "8 threads")) is None
+    assert machine_change({}, xeon) is None  # checkpoints from before runs recorded their machine
+    for machine, noted in (("1-core CPU (no such CPU (cpu family 0, model 0), x86_64), torch 0.0, 1 threads", True),
+                           (machine_description(), False)):
+        torch.manual_seed(0)
+        p, ds, run = make()
+        run = {**run, "provenance": {"command": "x", "machine": machine, "date": "2026-12-07"}}
+        train(p, ds, tcfg(3), tmp_path / str(noted), run)
+        capsys.readouterr()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(make()[0], ds, tcfg(5), tmp_path / str(noted), run)  # the resume: its checkpoint recorded `machine`
+        assert "resuming" in capsys.readouterr().out
+        said = [str(w.message) for w in caught if "not bit-identical" in str(w.message)]
+        assert len(said) == noted and all(issubclass(w.category, RuntimeWarning) for w in caught
+                                          if "not bit-identical" in str(w.message)), said
 
 
 def test_bf16_autocast_trains_resumes_exactly_and_is_part_of_the_run(tmp_path):

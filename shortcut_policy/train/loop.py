@@ -20,9 +20,9 @@ the unwrapped model, rank r seeds its noise with seed + r, and rank 0 alone logs
 evaluates and writes checkpoints, which hold every rank's RNG state so a resume is exact in each.
 
 The run directory (``run_dir``): one run at a time (a lock), no restart over a checkpoint without
-``resume``, a resume refuses a config that would change the run, metrics.jsonl is cut back to the
-checkpoint, SIGTERM checkpoints and exits (143), NaN or inf in the loss or the EMA weights stops the
-run with the step named.
+``resume``, a resume refuses a config that would change the run and warns when it runs on another CPU
+model or torch build (whose rounding differs), metrics.jsonl is cut back to the checkpoint, SIGTERM
+checkpoints and exits (143), NaN or inf in the loss or the EMA weights stops the run with the step named.
 
 Between log steps a step reads nothing back from the device (a read makes the host wait for the GPU's
 queue): logged values are summed as device tensors, and the loss's finiteness is recorded there and
@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -43,9 +44,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..core.ema import EMA
 from ..checkpoint import CheckpointError, load_checkpoint, load_state_strict, save_checkpoint, save_weights
-from ..utils import resolve_device
+from ..utils import machine_description, resolve_device
 from .logger import RunLogger
-from .run_dir import RunDirError, RunLock, check_resume, clean_stale_temporaries, refuse_restart, truncate_metrics
+from .run_dir import (RunDirError, RunLock, check_resume, clean_stale_temporaries, machine_change, refuse_restart,
+                      truncate_metrics)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -446,6 +448,9 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
                 dropped = truncate_metrics(out_dir / "metrics.jsonl", start)
                 print(f"resuming {ckpt_path} at step {start}"
                       + (f" ({dropped} metrics lines after it dropped)" if dropped else ""))
+                note = machine_change(state["config"], machine_description())
+                if note:
+                    warnings.warn(note, RuntimeWarning, stacklevel=2)
         result = _run(model, dataset, cfg, out_dir, ckpt_path, run_config, device, dist, opt, ema, teacher_ema,
                       val_dataset, evaluate, select, start, best, stack.enter_context(_Stop()), eval_pending,
                       resumed_metrics)

@@ -11,6 +11,10 @@ resume that refuses a different run, a metrics file that matches the checkpoint,
   array, which ``SequenceDataset.fingerprint`` records); the differences are listed with both values. Settings that do not change
   the weights (logging, validation, evaluation and checkpoint periods, the task's simulator settings,
   device, threads, workers, wandb, progress bars) may change.
+- ``machine_change``: a resume on another CPU model, vector extension or torch build is accepted but
+  named: its kernels round differently, so the continuation is not the bit-for-bit twin of an
+  uninterrupted run on the first machine (the same command and data trained on an AMD EPYC and on an
+  Intel Xeon gave different networks: docs/suites.md, TwoCubeLift).
 - ``truncate_metrics``: lines logged after the checkpoint's step (the run died before saving them)
   are dropped on resume, and all of them when a run died before its first checkpoint and starts
   over, so the curve has each step once.
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +125,25 @@ def check_resume(saved: dict[str, Any], now: dict[str, Any], ckpt_path: Path) ->
         raise RunDirError(f"cannot resume {ckpt_path}: the config differs from the run it recorded in settings that "
                           f"change the training:\n  {shown}{data}\nresume with the recorded settings and data, or "
                           "start a new out_dir")
+
+
+def machine_change(saved: dict[str, Any], now: str) -> str | None:
+    """A warning's text when the machine that wrote a checkpoint (``saved["provenance"]["machine"]``, as
+    ``utils.machine_description`` wrote it) is not ``now`` in what decides the rounding: the CPU model,
+    vector extension, GPU and torch build (not the core and thread counts, which the run sets itself);
+    None when they match or the checkpoint recorded no machine."""
+    def rounding(machine: str) -> str:
+        return re.sub(r", \d+ threads$", "", re.sub(r"^\d+-core ", "", machine))
+
+    recorded = (saved.get("provenance") or {}).get("machine")
+    if not recorded:
+        return None
+    recorded, here = rounding(recorded), rounding(now)
+    if recorded == here:
+        return None
+    return (f"the checkpoint was written on {recorded}; resuming on {here}. The run continues from its exact "
+            "state, but another CPU model, vector extension or torch build rounds differently, so the result is "
+            "not bit-identical to an uninterrupted run on the first machine")
 
 
 def truncate_metrics(path: Path, step: int) -> int:
