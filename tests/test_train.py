@@ -69,8 +69,8 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, teacher):
     assert {"train/loss", "train/loss_flow", "train/loss_consistency", "val/loss"} <= set(lines[-1])
 
 
-def test_a_resume_on_another_cpu_model_is_named_and_the_same_machine_is_not(tmp_path, capsys):
-    from shortcut_policy.train.run_dir import machine_change
+def test_a_resume_on_another_machine_is_named_and_kept_in_the_provenance(tmp_path):
+    from shortcut_policy.train.run_dir import machine_change, resumed_provenance
     from shortcut_policy.utils import machine_description
 
     epyc = "2-core CPU (AMD EPYC (cpu family 26, model 2), x86_64, AVX512), torch 2.13.0+cpu, 1 threads"
@@ -82,20 +82,31 @@ def test_a_resume_on_another_cpu_model_is_named_and_the_same_machine_is_not(tmp_
     assert machine_change({"provenance": {"machine": epyc}}, epyc.replace("2-core", "16-core").replace("1 threads",
                                                                                                       "8 threads")) is None
     assert machine_change({}, xeon) is None  # checkpoints from before runs recorded their machine
+    n = torch.get_num_threads()  # the thread count machine_description writes is not a change of machine
+    before = machine_description()
+    torch.set_num_threads(n + 1)
+    try:
+        assert machine_change({"provenance": {"machine": before}}, machine_description()) is None
+    finally:
+        torch.set_num_threads(n)
     for machine, noted in (("1-core CPU (no such CPU (cpu family 0, model 0), x86_64), torch 0.0, 1 threads", True),
                            (machine_description(), False)):
         torch.manual_seed(0)
         p, ds, run = make()
         run = {**run, "provenance": {"command": "x", "machine": machine, "date": "2026-12-07"}}
         train(p, ds, tcfg(3), tmp_path / str(noted), run)
-        capsys.readouterr()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             train(make()[0], ds, tcfg(5), tmp_path / str(noted), run)  # the resume: its checkpoint recorded `machine`
-        assert "resuming" in capsys.readouterr().out
-        said = [str(w.message) for w in caught if "not bit-identical" in str(w.message)]
-        assert len(said) == noted and all(issubclass(w.category, RuntimeWarning) for w in caught
-                                          if "not bit-identical" in str(w.message)), said
+        said = [w for w in caught if "not bit-identical" in str(w.message)]
+        assert len(said) == noted and all(issubclass(w.category, RuntimeWarning) for w in said), said
+        # the resumed run's checkpoint names the resuming leg and keeps the first one's
+        prov = load_checkpoint(tmp_path / str(noted) / "checkpoints/latest.pt")["config"]["provenance"]
+        assert prov["earlier"] == [{"command": "x", "machine": machine, "date": "2026-12-07"}]
+    # a third leg keeps both earlier ones, oldest first
+    third = resumed_provenance({"provenance": {**prov, "machine": "B"}}, {"provenance": {"machine": "C"}})
+    assert [leg["machine"] for leg in third["provenance"]["earlier"]] == [machine, "B"]
+    assert resumed_provenance({}, {"provenance": {"machine": "C"}}) == {"provenance": {"machine": "C"}}
 
 
 def test_bf16_autocast_trains_resumes_exactly_and_is_part_of_the_run(tmp_path):

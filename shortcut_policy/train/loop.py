@@ -20,9 +20,10 @@ the unwrapped model, rank r seeds its noise with seed + r, and rank 0 alone logs
 evaluates and writes checkpoints, which hold every rank's RNG state so a resume is exact in each.
 
 The run directory (``run_dir``): one run at a time (a lock), no restart over a checkpoint without
-``resume``, a resume refuses a config that would change the run and warns when it runs on another CPU
-model or torch build (whose rounding differs), metrics.jsonl is cut back to the checkpoint, SIGTERM
-checkpoints and exits (143), NaN or inf in the loss or the EMA weights stops the run with the step named.
+``resume``, a resume refuses a config that would change the run, warns when it runs on another CPU
+model, GPU or torch build (whose rounding differs) and keeps the earlier legs' provenance,
+metrics.jsonl is cut back to the checkpoint, SIGTERM checkpoints and exits (143), NaN or inf in the
+loss or the EMA weights stops the run with the step named.
 
 Between log steps a step reads nothing back from the device (a read makes the host wait for the GPU's
 queue): logged values are summed as device tensors, and the loss's finiteness is recorded there and
@@ -47,7 +48,7 @@ from ..checkpoint import CheckpointError, load_checkpoint, load_state_strict, sa
 from ..utils import machine_description, resolve_device
 from .logger import RunLogger
 from .run_dir import (RunDirError, RunLock, check_resume, clean_stale_temporaries, machine_change, refuse_restart,
-                      truncate_metrics)
+                      resumed_provenance, truncate_metrics)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -429,6 +430,7 @@ def train(model: torch.nn.Module, dataset: Dataset, cfg: TrainConfig, out_dir: s
                 raise CheckpointError(f"{ckpt_path} lacks {missing}: an inference-only or damaged file cannot resume "
                                       "a run (start a new out_dir; ShortcutPolicy.from_checkpoint still reads it)")
             check_resume(state["config"], run_config, ckpt_path)
+            run_config = resumed_provenance(state["config"], run_config)
             load_state_strict(model, state["model"], f"checkpoint {ckpt_path} (model)")
             ema.load_state_dict(state["ema"])
             if teacher_ema is not None:

@@ -11,10 +11,12 @@ resume that refuses a different run, a metrics file that matches the checkpoint,
   array, which ``SequenceDataset.fingerprint`` records); the differences are listed with both values. Settings that do not change
   the weights (logging, validation, evaluation and checkpoint periods, the task's simulator settings,
   device, threads, workers, wandb, progress bars) may change.
-- ``machine_change``: a resume on another CPU model, vector extension or torch build is accepted but
-  named: its kernels round differently, so the continuation is not the bit-for-bit twin of an
+- ``machine_change``: a resume on another CPU model, vector extension, GPU or torch build is accepted
+  but named: its kernels round differently, so the continuation is not the bit-for-bit twin of an
   uninterrupted run on the first machine (the same command and data trained on an AMD EPYC and on an
-  Intel Xeon gave different networks: docs/suites.md, TwoCubeLift).
+  Intel Xeon gave different networks: docs/suites.md, TwoCubeLift). ``resumed_provenance``: the
+  resumed run's checkpoints keep the command, machine and date of every earlier leg
+  (``provenance.earlier``), so a run trained on two machines says so.
 - ``truncate_metrics``: lines logged after the checkpoint's step (the run died before saving them)
   are dropped on resume, and all of them when a run died before its first checkpoint and starts
   over, so the curve has each step once.
@@ -129,9 +131,10 @@ def check_resume(saved: dict[str, Any], now: dict[str, Any], ckpt_path: Path) ->
 
 def machine_change(saved: dict[str, Any], now: str) -> str | None:
     """A warning's text when the machine that wrote a checkpoint (``saved["provenance"]["machine"]``, as
-    ``utils.machine_description`` wrote it) is not ``now`` in what decides the rounding: the CPU model,
-    vector extension, GPU and torch build (not the core and thread counts, which the run sets itself);
-    None when they match or the checkpoint recorded no machine."""
+    ``utils.machine_description`` wrote it) is not ``now`` in the CPU model, vector extension, GPU or
+    torch build; None when they match or the checkpoint recorded no machine. The core count and the
+    thread count in the description are not compared: the thread count is read before the run applies
+    ``train.num_threads`` (a setting a resume may change), so it says nothing about the run's kernels."""
     def rounding(machine: str) -> str:
         return re.sub(r", \d+ threads$", "", re.sub(r"^\d+-core ", "", machine))
 
@@ -142,8 +145,18 @@ def machine_change(saved: dict[str, Any], now: str) -> str | None:
     if recorded == here:
         return None
     return (f"the checkpoint was written on {recorded}; resuming on {here}. The run continues from its exact "
-            "state, but another CPU model, vector extension or torch build rounds differently, so the result is "
-            "not bit-identical to an uninterrupted run on the first machine")
+            "state, but another CPU model, vector extension, GPU or torch build rounds differently, so the result "
+            "is not bit-identical to an uninterrupted run on the first machine")
+
+
+def resumed_provenance(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """``now`` (the resuming run's config) with the checkpoint's provenance and its earlier legs under
+    ``provenance.earlier``, oldest first; ``now`` unchanged when either side recorded none."""
+    old, new = saved.get("provenance"), now.get("provenance")
+    if not old or not new:
+        return now
+    leg = {k: v for k, v in old.items() if k != "earlier"}
+    return {**now, "provenance": {**new, "earlier": [*old.get("earlier", []), leg]}}
 
 
 def truncate_metrics(path: Path, step: int) -> int:
