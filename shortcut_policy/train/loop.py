@@ -21,7 +21,7 @@ evaluates and writes checkpoints, which hold every rank's RNG state so a resume 
 
 The run directory (``run_dir``): one run at a time (a lock), no restart over a checkpoint without
 ``resume``, a resume refuses a config that would change the run, warns when it runs on another CPU
-model, GPU or torch build (whose rounding differs) and keeps the earlier legs' provenance,
+model, GPU or torch build (whose rounding may differ) and keeps the earlier legs' provenance,
 metrics.jsonl is cut back to the checkpoint, SIGTERM checkpoints and exits (143), NaN or inf in the
 loss or the EMA weights stops the run with the step named.
 

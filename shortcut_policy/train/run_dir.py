@@ -12,9 +12,9 @@ resume that refuses a different run, a metrics file that matches the checkpoint,
   the weights (logging, validation, evaluation and checkpoint periods, the task's simulator settings,
   device, threads, workers, wandb, progress bars) may change.
 - ``machine_change``: a resume on another CPU model, vector extension, GPU or torch build is accepted
-  but named: its kernels round differently, so the continuation is not the bit-for-bit twin of an
-  uninterrupted run on the first machine (the same command and data trained on an AMD EPYC and on an
-  Intel Xeon gave different networks: docs/suites.md, TwoCubeLift). ``resumed_provenance``: the
+  but named: its kernels may round differently, so the continuation need not be the bit-for-bit twin
+  of an uninterrupted run on the first machine (the same run, data regenerated and trained on an AMD
+  EPYC and on an Intel Xeon, gave different networks: docs/suites.md, TwoCubeLift). ``resumed_provenance``: the
   resumed run's checkpoints keep the command, machine and date of every earlier leg
   (``provenance.earlier``), so a run trained on two machines says so.
 - ``truncate_metrics``: lines logged after the checkpoint's step (the run died before saving them)
@@ -145,8 +145,8 @@ def machine_change(saved: dict[str, Any], now: str) -> str | None:
     if recorded == here:
         return None
     return (f"the checkpoint was written on {recorded}; resuming on {here}. The run continues from its exact "
-            "state, but another CPU model, vector extension, GPU or torch build rounds differently, so the result "
-            "is not bit-identical to an uninterrupted run on the first machine")
+            "state, but another CPU model, vector extension, GPU or torch build may round differently, so the "
+            "result may not be bit-identical to an uninterrupted run on the first machine")
 
 
 def resumed_provenance(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
