@@ -13,8 +13,8 @@ resume that refuses a different run, a metrics file that matches the checkpoint,
   device, threads, workers, wandb, progress bars) may change.
 - ``machine_change``: a resume on another CPU model, vector extension, GPU or torch build is accepted
   but named: its kernels may round differently, so the continuation need not be the bit-for-bit twin
-  of an uninterrupted run on the first machine (the same run, data regenerated and trained on an AMD
-  EPYC and on an Intel Xeon, gave different networks: docs/suites.md, TwoCubeLift). ``resumed_provenance``: the
+  of an uninterrupted run on the first machine (the main job, on the shipped PushT data, trains another
+  policy from the same seed on an AMD EPYC than on an Intel Xeon: README). ``resumed_provenance``: the
   resumed run's checkpoints keep the command, machine and date of every earlier leg
   (``provenance.earlier``), so a run trained on two machines says so.
 - ``truncate_metrics``: lines logged after the checkpoint's step (the run died before saving them)
