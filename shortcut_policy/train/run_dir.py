@@ -133,7 +133,7 @@ def machine_change(saved: dict[str, Any], now: str) -> str | None:
     """A warning's text when the machine that wrote a checkpoint (``saved["provenance"]["machine"]``, as
     ``utils.machine_description`` wrote it) is not ``now`` in the CPU model, vector extension, GPU or
     torch build; None when they match or the checkpoint recorded no machine. The core count and the
-    thread count in the description are not compared: the thread count is read before the run applies
+    thread count in the description are not compared: the thread count may be read before the run applies
     ``train.num_threads`` (a setting a resume may change), so it says nothing about the run's kernels."""
     def rounding(machine: str) -> str:
         return re.sub(r", \d+ threads$", "", re.sub(r"^\d+-core ", "", machine))
