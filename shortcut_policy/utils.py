@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import shlex
 import shutil
 import sys
@@ -52,6 +53,12 @@ def machine_description() -> str:
         return f"{torch.cuda.get_device_name(0)} GPU, torch {torch.__version__}"
     parts = [p for p in (cpu_model(), platform.machine(), torch.backends.cpu.get_cpu_capability()) if p]
     return f"{os.cpu_count()}-core CPU ({', '.join(parts)}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def without_counts(machine: str) -> str:
+    """A :func:`machine_description` without its core and thread counts: what decides a run's rounding
+    that the run does not set itself (CPU model, vector extension, GPU, torch build)."""
+    return re.sub(r", \d+ threads$", "", re.sub(r"^\d+-core ", "", machine))
 
 
 def command_line() -> str:

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from ..utils import atomic_path
+from ..utils import atomic_path, without_counts
 
 # train.* fields that may differ between the run that wrote a checkpoint and the one resuming it
 FREE_TRAIN_FIELDS = {"log_every", "val_every", "eval_every", "ckpt_every", "device", "num_threads", "num_workers",
@@ -135,13 +134,10 @@ def machine_change(saved: dict[str, Any], now: str) -> str | None:
     torch build; None when they match or the checkpoint recorded no machine. The core count and the
     thread count in the description are not compared: the thread count may be read before the run applies
     ``train.num_threads`` (a setting a resume may change), so it says nothing about the run's kernels."""
-    def rounding(machine: str) -> str:
-        return re.sub(r", \d+ threads$", "", re.sub(r"^\d+-core ", "", machine))
-
     recorded = (saved.get("provenance") or {}).get("machine")
     if not recorded:
         return None
-    recorded, here = rounding(recorded), rounding(now)
+    recorded, here = without_counts(recorded), without_counts(now)
     if recorded == here:
         return None
     return (f"the checkpoint was written on {recorded}; resuming on {here}. The run continues from its exact "
